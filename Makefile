@@ -1,0 +1,50 @@
+# Oasis sandbox: `make run` starts the service, `make test` proves it.
+# Every target builds the environment it needs, so both work on a fresh clone.
+
+PYTHON ?= python3
+RUNTIME_PYTHON ?= /usr/bin/python3
+VENV := .venv
+RUNTIME := .runtime/python
+BIN := $(VENV)/bin
+PROTO_SRC := proto/oasis/sandbox/v1/sandbox.proto
+GEN_DIR := oasis/sandbox/v1
+
+.PHONY: install proto run test lint format bench clean
+
+# Server and development tools live in .venv; the code's own interpreter
+# (numpy, pandas, matplotlib) lives in .runtime/python, built from the system
+# Python so that unprivileged sandbox users can read it.
+install: $(VENV)/.installed $(RUNTIME)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(RUNTIME)/.installed: runtime-requirements.txt
+	$(RUNTIME_PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install --quiet -r runtime-requirements.txt
+	MPLCONFIGDIR=$(CURDIR)/.runtime/mplconfig $(RUNTIME)/bin/python -c "import matplotlib.pyplot"
+	touch $@
+
+proto: $(VENV)/.installed
+	$(BIN)/python -m sandbox_server.tools.genproto
+
+run: install
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/oasis-sandbox serve
+
+test: install
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy oasis sandbox_server
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .runtime .pytest_cache .mypy_cache .ruff_cache
