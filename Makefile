@@ -29,7 +29,7 @@ $(RUNTIME)/.installed: runtime-requirements.txt
 	touch $@
 
 proto: $(VENV)/.installed
-	$(BIN)/python -m sandbox_server.tools.genproto
+	$(BIN)/python scripts/genproto.py
 
 run: install
 	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/oasis-sandbox serve

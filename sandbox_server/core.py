@@ -1,0 +1,158 @@
+"""The sandbox core: validates requests, admits them, and runs executions.
+
+Both adapters (the gRPC service and the HTTP facade) go through `Sandbox`;
+neither holds execution logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from . import __version__, safefs
+from .config import Config
+from .errors import Code, RequestError, invalid
+from .execution import Execution
+from .launcher import Launcher
+from .model import ExecutionSpec, Status
+from .runtimes import Runtime, probe_all
+from .sessions import Workspaces, check_session_id
+
+log = logging.getLogger(__name__)
+
+MAX_CODE_BYTES = 1024 * 1024
+_EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Info:
+    runtimes: dict[str, str]
+    config: Config
+    isolation: str
+    version: str
+
+
+class Sandbox:
+    def __init__(
+        self, config: Config, runtimes: dict[str, Runtime], launcher: Launcher, workspaces: Workspaces
+    ) -> None:
+        self.config = config
+        self.runtimes = runtimes
+        self._launcher = launcher
+        self._workspaces = workspaces
+        self._running: set[Execution] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    @classmethod
+    async def start(cls, config: Config) -> Sandbox:
+        runtimes = await asyncio.to_thread(probe_all, config)
+        launcher = await asyncio.to_thread(Launcher.create, config.workspace_root / "bin")
+        workspaces = Workspaces(config.workspace_root, ttl=config.session_ttl)
+        await workspaces.start()
+        return cls(config, runtimes, launcher, workspaces)
+
+    async def close(self) -> None:
+        await self._workspaces.close()
+
+    @property
+    def isolation(self) -> str:
+        # Issue-level isolation (per-session uids, namespaces, seccomp) is not
+        # in place yet: a pid namespace alone only contains the process tree.
+        return "none"
+
+    def info(self) -> Info:
+        return Info(
+            runtimes={name: rt.version for name, rt in self.runtimes.items()},
+            config=self.config,
+            isolation=self.isolation,
+            version=__version__,
+        )
+
+    def open(self, spec: ExecutionSpec) -> Execution:
+        """Validate and admit one execution; RequestError when it cannot run."""
+        runtime = self._validate(spec)
+        if self.draining:
+            raise RequestError(Code.UNAVAILABLE, "the sandbox server is shutting down; retry on another instance")
+        if len(self._running) >= self.config.max_concurrent:
+            raise RequestError(
+                Code.RESOURCE_EXHAUSTED,
+                f"capacity reached: {len(self._running)} executions are running "
+                f"(SANDBOX_MAX_CONCURRENT={self.config.max_concurrent}); retry later",
+            )
+        timeout = self.config.default_timeout if spec.timeout is None else spec.timeout
+        execution = Execution(
+            spec,
+            execution_id=spec.execution_id or uuid.uuid4().hex,
+            timeout=min(timeout, self.config.max_timeout),
+            runtime=runtime,
+            config=self.config,
+            launcher=self._launcher,
+            workspaces=self._workspaces,
+            on_close=self._closed,
+        )
+        self._running.add(execution)
+        self._idle.clear()
+        return execution
+
+    def _closed(self, execution: Execution) -> None:
+        self._running.discard(execution)
+        if not self._running:
+            self._idle.set()
+
+    def _validate(self, spec: ExecutionSpec) -> Runtime:
+        if not spec.code.strip():
+            raise invalid("code is empty")
+        if len(spec.code.encode()) > MAX_CODE_BYTES:
+            raise invalid(f"code is larger than {MAX_CODE_BYTES} bytes")
+        runtime = self.runtimes.get(spec.runtime or "python")
+        if runtime is None:
+            raise invalid(f"unsupported runtime: {spec.runtime}; supported: {', '.join(self.runtimes)}")
+        if spec.execution_id and not _EXECUTION_ID.match(spec.execution_id):
+            raise invalid(
+                f"invalid execution_id {spec.execution_id[:140]!r}: use 1-128 characters "
+                "from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+            )
+        if spec.session_id:
+            check_session_id(spec.session_id)
+        if spec.timeout is not None and spec.timeout <= 0:
+            raise invalid("timeout must be positive")
+        names: set[str] = set()
+        for file in spec.files:
+            try:
+                parts = safefs.split_name(file.name)
+            except safefs.UnsafePath as exc:
+                raise invalid(f"input file: {exc}") from None
+            normalized = "/".join(parts)
+            if normalized in names:
+                raise invalid(f"input file {file.name!r} is given twice")
+            names.add(normalized)
+            if file.size < 0:
+                raise invalid(f"input file {file.name!r} has a negative size")
+        for name, value in spec.env.items():
+            if not _ENV_NAME.match(name):
+                raise invalid(f"environment variable name {name!r} is not valid")
+            if "\0" in value:
+                raise invalid(f"environment variable {name} contains a NUL byte")
+        return runtime
+
+    async def delete_workspace(self, session_id: str) -> bool:
+        return await self._workspaces.delete(session_id)
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new work, give running executions `grace` seconds, then kill them."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            for execution in list(self._running):
+                execution.stop(Status.KILLED, "the sandbox server is shutting down; the execution was stopped")
+            try:
+                await asyncio.wait_for(self._idle.wait(), 5.0)
+            except TimeoutError:
+                log.warning("%d executions did not stop in time", len(self._running))

@@ -1,0 +1,490 @@
+"""One execution from start to result: the per-run state machine.
+
+An Execution owns its deadline, its process, the channel to the prelude
+running inside that process, and the ordered stream of events for the
+client. Adapters (gRPC service, HTTP facade) feed it tool results, input file
+chunks and cancel requests, and relay the events it yields.
+
+The end of a run is decided by the process exit, the deadline or a stop
+request, never by EOF on the log pipes: a grandchild that keeps a pipe open
+must not keep the run alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import safefs
+from .config import MIB, Config
+from .errors import RequestError, invalid
+from .launcher import Launcher, LaunchSpec, Process
+from .logs import LogCollector
+from .mime import guess_mime
+from .model import (
+    Event,
+    ExecutionSpec,
+    FileChunkEvent,
+    LogEvent,
+    OutputFile,
+    Result,
+    Started,
+    Status,
+    Stream,
+    ToolCallEvent,
+)
+from .runtimes import Runtime
+from .sessions import Workspaces
+
+log = logging.getLogger(__name__)
+
+FILE_CHUNK = 1 * MIB
+"""Files larger than this travel as chunks; each chunk message stays far below 4 MiB."""
+MAX_TOOL_ARGS = 3 * MIB
+"""A tool call's arguments must fit one gRPC message."""
+_MAX_CHANNEL_LINE = 16 * MIB
+_DRAIN_AFTER_EXIT = 0.5
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class _End:
+    """Marks the end of the event queue."""
+
+
+class Execution:
+    def __init__(
+        self,
+        spec: ExecutionSpec,
+        *,
+        execution_id: str,
+        timeout: float,
+        runtime: Runtime,
+        config: Config,
+        launcher: Launcher,
+        workspaces: Workspaces,
+        on_close: Callable[[Execution], None],
+    ) -> None:
+        self.spec = spec
+        self.execution_id = execution_id
+        self.timeout = timeout
+        self._runtime = runtime
+        self._config = config
+        self._launcher = launcher
+        self._workspaces = workspaces
+        self._on_close = on_close
+        # Bounded: a slow client slows the code down instead of filling memory.
+        self._events: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=32)
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._stop_status: Status | None = None
+        self._stop_error = ""
+        self._abort: RequestError | None = None
+        self._uploads = {f.name: f for f in spec.files if f.chunked}
+        self._writers: dict[str, safefs.AtomicWriter] = {}
+        self._uploads_done = asyncio.Event()
+        self._workspace: Path | None = None
+        self._workspace_ready = asyncio.Event()
+        self._calls: dict[str, str] = {}  # client call id -> prelude reply id
+        self._channel: asyncio.StreamWriter | None = None
+        self._closed = False
+
+    # -- what adapters call -------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The run's events, ending with its Result; raises RequestError on a protocol error."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"execution-{self.execution_id}")
+        while True:
+            event = await self._events.get()
+            if isinstance(event, _End):
+                break
+            yield event
+        if self._abort is not None:
+            raise self._abort
+
+    async def send_tool_result(self, call_id: str, data: str, error: str) -> None:
+        reply_id = self._calls.pop(call_id, None)
+        if reply_id is None:
+            raise invalid(f"tool_result for unknown call_id {call_id!r}")
+        await self._reply({"type": "tool_result", "id": reply_id, "data": data, "error": error})
+
+    async def add_file_chunk(self, name: str, data: bytes, eof: bool) -> None:
+        declared = self._uploads.get(name)
+        if declared is None:
+            raise invalid(
+                f"file_chunk for {name!r}, which is not a pending input file "
+                "(declare it in start.files with empty data and its size)"
+            )
+        writer = self._writers.get(name)
+        if writer is None:
+            await self._workspace_ready.wait()
+            assert self._workspace is not None
+            try:
+                writer = await asyncio.to_thread(safefs.AtomicWriter, self._workspace, name)
+            except safefs.UnsafePath as exc:
+                raise invalid(f"input file: {exc}") from None
+            self._writers[name] = writer
+        if writer.size + len(data) > declared.size:
+            raise invalid(f"input file {name!r} is larger than its declared size {declared.size}")
+        await asyncio.to_thread(writer.write, data)
+        if eof:
+            if writer.size != declared.size:
+                raise invalid(f"input file {name!r}: received {writer.size} bytes, declared {declared.size}")
+            del self._uploads[name], self._writers[name]
+            try:
+                await asyncio.to_thread(writer.commit)
+            except safefs.UnsafePath as exc:
+                raise invalid(f"input file: {exc}") from None
+            if not self._uploads:
+                self._uploads_done.set()
+
+    def cancel(self) -> None:
+        self.stop(Status.CANCELLED, "the execution was cancelled by the client")
+
+    def stop(self, status: Status, error: str) -> None:
+        """Stop the code now; the result gets this status and error."""
+        if self._stop_status is None:
+            self._stop_status, self._stop_error = status, error
+        self._stop.set()
+
+    def fail(self, error: RequestError) -> None:
+        """The client broke the protocol: kill the code and end the RPC with this error."""
+        if self._abort is None:
+            self._abort = error
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        """Stop and clean up; the process tree and a scratch workspace are gone afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._task is not None:
+                self._stop_error = self._stop_error or "the client went away"
+                self._stop_status = self._stop_status or Status.CANCELLED
+                self._stop.set()
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            for writer in self._writers.values():
+                writer.abort()
+        finally:
+            self._on_close(self)
+
+    async def __aenter__(self) -> Execution:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the run ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            async with self._workspaces.lease(self.spec.session_id, self.execution_id) as workspace:
+                await self._events.put(Started(self.execution_id, self.spec.session_id, self._runtime.name))
+                self._workspace = workspace
+                self._workspace_ready.set()
+                result = await self._prepare_and_execute(workspace)
+                if result is not None and self._abort is None:
+                    await self._events.put(result)
+        except RequestError as exc:
+            self.fail(exc)
+        except Exception as exc:
+            # A bug of ours must still end the stream with an answer, not a hang.
+            log.exception("execution %s failed inside the server", self.execution_id)
+            await self._events.put(
+                Result(status=Status.ERROR, exit_code=-1, error=f"internal sandbox error: {exc!r}")
+            )
+        # Not in a finally: when this task is cancelled nobody reads the queue any more.
+        await self._events.put(_End())
+
+    async def _prepare_and_execute(self, workspace: Path) -> Result | None:
+        started = time.monotonic()
+        try:
+            for file in self.spec.files:
+                if not file.chunked:
+                    await asyncio.to_thread(safefs.write_file, workspace, file.name, file.data)
+        except safefs.UnsafePath as exc:
+            raise invalid(f"input file: {exc}") from None
+        if self._uploads:
+            waiter = asyncio.create_task(self._uploads_done.wait())
+            stopper = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=self._config.max_timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if self._abort is not None:
+                return None
+            if not self._uploads_done.is_set():
+                if self._stop_status is not None:
+                    return self._stopped_result(started)
+                raise invalid(f"input files never completed: {', '.join(sorted(self._uploads))}")
+        return await _Run(self, workspace, started).execute()
+
+    def _stopped_result(self, started: float) -> Result:
+        return Result(
+            status=self._stop_status or Status.CANCELLED,
+            exit_code=-1,
+            error=self._stop_error,
+            duration=time.monotonic() - started,
+        )
+
+    async def _reply(self, message: dict[str, Any]) -> None:
+        channel = self._channel
+        if channel is None or channel.is_closing():
+            return
+        channel.write(_line(message))
+        with contextlib.suppress(ConnectionError):
+            await channel.drain()
+
+
+class _Run:
+    """The part of an execution between starting the process and its result."""
+
+    def __init__(self, execution: Execution, workspace: Path, started: float) -> None:
+        self.ex = execution
+        self.workspace = workspace
+        self.started = started
+        self.logs = LogCollector(execution._config.max_output)
+        self.output = ""
+        self.output_files: list[str] = []
+        self.traceback = ""
+        self.protocol_error = ""
+        self.next_call = 0
+        self.side_tasks: set[asyncio.Task[None]] = set()
+
+    def _env(self) -> dict[str, str]:
+        runtime = self.ex._runtime
+        env = {
+            "PATH": ":".join([*runtime.path_dirs, _BASE_PATH]),
+            "HOME": str(self.workspace),
+            "LANG": "C.UTF-8",
+            **runtime.env,
+        }
+        env.update(self.ex.spec.env)
+        return env
+
+    async def execute(self) -> Result:
+        ex = self.ex
+        ours, theirs = socket.socketpair()
+        try:
+            process = await ex._launcher.start(
+                LaunchSpec(
+                    argv=[*ex._runtime.argv, str(theirs.fileno())],
+                    cwd=self.workspace,
+                    env=self._env(),
+                    pass_fds=(theirs.fileno(),),
+                )
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=_MAX_CHANNEL_LINE)
+        ex._channel = writer
+        deadline = self.started + ex.timeout
+        pumps = [
+            asyncio.create_task(self._pump(process.stdout, Stream.STDOUT)),
+            asyncio.create_task(self._pump(process.stderr, Stream.STDERR)),
+            asyncio.create_task(self._serve_channel(reader)),
+        ]
+        try:
+            writer.write(_line(ex._runtime.start_message(ex.spec.code, self.workspace, ex.execution_id)))
+            timed_out = await self._wait(process, deadline)
+            await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
+        finally:
+            for task in [*pumps, *self.side_tasks]:
+                task.cancel()
+            await asyncio.gather(*pumps, *self.side_tasks, return_exceptions=True)
+            await process.kill()
+            writer.close()
+            ex._channel = None
+        return await self._result(process.returncode, timed_out)
+
+    async def _wait(self, process: Process, deadline: float) -> bool:
+        """Wait for the process to end by itself or be stopped; True on timeout."""
+        exit_task = asyncio.create_task(process.wait())
+        stop_task = asyncio.create_task(self.ex._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {exit_task, stop_task},
+                timeout=max(deadline - time.monotonic(), 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stop_task.cancel()
+        if exit_task in done:
+            return False
+        await process.kill()
+        await exit_task
+        return not done
+
+    async def _pump(self, stream: asyncio.StreamReader, kind: Stream) -> None:
+        while data := await stream.read(64 * 1024):
+            live = self.logs.add(kind, data)
+            if live:
+                await self.ex._events.put(LogEvent(kind, live))
+
+    async def _serve_channel(self, reader: asyncio.StreamReader) -> None:
+        """Handle the prelude's messages until it closes the channel."""
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if not isinstance(message, dict):
+                    raise ValueError("a message is not a JSON object")
+                await self._handle(message)
+        except (ValueError, TypeError, KeyError, asyncio.LimitOverrunError) as exc:
+            self.protocol_error = f"the code sent an invalid message on the sandbox channel ({exc})"
+            self.ex.stop(Status.ERROR, self.protocol_error)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "tool_call":
+            await self._tool_call(str(message["id"]), str(message["name"]), message.get("args"))
+        elif kind == "result":
+            files = message.get("files", [])
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise TypeError("result files must be a list of names")
+            output = str(message["output"])
+            if len(output.encode()) > self.ex._config.max_result:
+                self.traceback = (
+                    f"set_result value is {len(output.encode())} bytes, over the "
+                    f"{self.ex._config.max_result} byte limit; return large data as a file instead"
+                )
+                output = ""
+            self.output, self.output_files = output, files
+        elif kind == "error":
+            self.traceback = str(message["message"])
+        elif kind == "install":
+            self._spawn(self._install(str(message["id"]), str(message["package"])))
+        else:
+            raise ValueError(f"unknown message type {kind!r}")
+
+    async def _tool_call(self, reply_id: str, name: str, args: Any) -> None:
+        args_json = json.dumps(args if args is not None else {}, separators=(",", ":"))
+        if len(args_json) > MAX_TOOL_ARGS:
+            await self.ex._reply({
+                "type": "tool_result", "id": reply_id,
+                "error": f"arguments are {len(args_json)} bytes; the limit is {MAX_TOOL_ARGS}",
+            })
+            return
+        self.next_call += 1
+        call_id = f"{self.ex.execution_id}.{self.next_call}"
+        self.ex._calls[call_id] = reply_id
+        await self.ex._events.put(ToolCallEvent(call_id, name, args_json))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.side_tasks.add(task)
+        task.add_done_callback(self.side_tasks.discard)
+
+    async def _install(self, reply_id: str, package: str) -> None:
+        ex = self.ex
+        runtime = ex._runtime
+        error = ""
+        try:
+            if not runtime.install_base:
+                raise invalid(f"no package installer is available for {runtime.name}")
+            argv = runtime.install_argv(package, self.workspace, ex._config)
+            error = await self._run_installer(argv)
+        except RequestError as exc:
+            error = exc.message
+        await ex._reply({"type": "install_result", "id": reply_id, "error": error})
+
+    async def _run_installer(self, argv: list[str]) -> str:
+        env = self._env()
+        env["npm_config_cache"] = str(self.workspace / ".oasis" / "npm-cache")
+        process = await self.ex._launcher.start(LaunchSpec(argv=argv, cwd=self.workspace, env=env))
+        try:
+            out, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
+            code = await process.wait()
+        finally:
+            await process.kill()
+        if code == 0:
+            return ""
+        text = (err or out).decode(errors="replace").strip()
+        return text[-2000:] or f"the installer exited with code {code}"
+
+    async def _result(self, returncode: int | None, timed_out: bool) -> Result:
+        ex = self.ex
+        code = returncode if returncode is not None else -1
+        error = ""
+        if timed_out:
+            status, code = Status.TIMEOUT, -1
+            error = f"execution timed out after {_seconds(ex.timeout)} s"
+        elif ex._stop_status is not None:
+            status, code, error = ex._stop_status, -1, ex._stop_error
+        elif code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            status, code = Status.KILLED, 128 - code
+            error = f"the process was killed by signal {name}"
+        elif code != 0:
+            status = Status.ERROR
+            error = self.traceback or f"the code exited with code {code}"
+        else:
+            status = Status.ERROR if self.traceback else Status.OK
+            error = self.traceback
+        files: list[OutputFile] = []
+        if self.output_files and status is not Status.CANCELLED:
+            files, problems = await self._collect_files()
+            if problems:
+                error = "\n".join(filter(None, [error, *problems]))
+                if status is Status.OK:
+                    status = Status.ERROR
+        return Result(
+            status=status,
+            exit_code=code,
+            output=self.output,
+            logs=self.logs.text(),
+            logs_truncated=self.logs.truncated,
+            error=error,
+            files=tuple(files),
+            duration=time.monotonic() - self.started,
+        )
+
+    async def _collect_files(self) -> tuple[list[OutputFile], list[str]]:
+        files: list[OutputFile] = []
+        problems: list[str] = []
+        for requested in dict.fromkeys(self.output_files):
+            try:
+                name = safefs.to_workspace_name(self.workspace, requested)
+                fd, size = await asyncio.to_thread(safefs.open_regular_file, self.workspace, name)
+            except safefs.UnsafePath as exc:
+                problems.append(f"output file not returned: {exc}")
+                continue
+            with open(fd, "rb", closefd=True) as handle:
+                files.append(await self._send_file(name, handle, size))
+        return files, problems
+
+    async def _send_file(self, name: str, handle: Any, size: int) -> OutputFile:
+        first = await asyncio.to_thread(handle.read, min(size, FILE_CHUNK))
+        mime = guess_mime(name, first[:512])
+        if size <= FILE_CHUNK:
+            return OutputFile(name=name, mime=mime, size=len(first), data=first)
+        sent = len(first)
+        chunk = first
+        while True:
+            # Never more than `size` bytes: the file may still be growing.
+            following = await asyncio.to_thread(handle.read, min(FILE_CHUNK, size - sent))
+            await self.ex._events.put(FileChunkEvent(name, chunk, eof=not following))
+            if not following:
+                break
+            chunk = following
+            sent += len(following)
+        return OutputFile(name=name, mime=mime, size=sent)
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"

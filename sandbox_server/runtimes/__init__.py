@@ -1,0 +1,125 @@
+"""The languages code can be written in, and how each one is started.
+
+A `Runtime` knows its interpreter, the prelude that hosts the user's code,
+the start message that prelude expects, and how packages are installed into
+a session. Interpreters are probed once at server start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..errors import invalid
+
+PRELUDES = Path(__file__).with_name("preludes")
+
+# Where a session's own packages live, inside its workspace.
+PACKAGES_DIR = ".oasis"
+
+_PYTHON_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(\[[A-Za-z0-9._,\-]+\])?([=<>!~]{1,3}[A-Za-z0-9.*+!\-,=<>~]*)?$")
+_NODE_PACKAGE = re.compile(r"^(@[a-z0-9][a-z0-9._\-~]*/)?[a-z0-9][a-z0-9._\-~]*(@[A-Za-z0-9.^~<>=*+\-]+)?$")
+
+
+class RuntimeUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    name: str
+    version: str
+    argv: tuple[str, ...]
+    """Command that starts the prelude; the channel fd number is appended."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables this runtime adds to the code's environment."""
+    path_dirs: tuple[str, ...] = ()
+    """Folders put first on the code's PATH."""
+    site_paths: tuple[str, ...] = ()
+    install_base: tuple[str, ...] = ()
+    package_pattern: re.Pattern[str] = _PYTHON_PACKAGE
+
+    def start_message(self, code: str, workspace: Path, execution_id: str) -> dict[str, object]:
+        packages = workspace / PACKAGES_DIR
+        if self.name == "python":
+            return {"type": "start", "code": code, "sys_path": [str(packages / "python"), *self.site_paths]}
+        return {"type": "start", "code": code, "module": str(packages / f"run-{execution_id}.mjs")}
+
+    def install_argv(self, package: str, workspace: Path, config: Config) -> list[str]:
+        """The installer command for one package; the name is an argument, never shell text."""
+        if len(package) > 214 or not self.package_pattern.match(package):
+            raise invalid(f"{package!r} is not a valid {self.name} package name")
+        packages = workspace / PACKAGES_DIR
+        if self.name == "python":
+            index = ["--index-url", config.pip_index_url] if config.pip_index_url else []
+            return [*self.install_base, "--target", str(packages / "python"), *index, "--", package]
+        registry = ["--registry", config.npm_registry] if config.npm_registry else []
+        return [*self.install_base, "--prefix", str(packages), *registry, "--", package]
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:
+        raise RuntimeUnavailable(f"{argv[0]}: {exc.strerror}") from None
+    if done.returncode != 0:
+        raise RuntimeUnavailable(f"{argv[0]} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def probe_python(python_bin: str) -> Runtime:
+    info = json.loads(
+        _run([
+            python_bin, "-I", "-c",
+            "import json, sys, sysconfig; print(json.dumps({'version': sys.version.split()[0],"
+            " 'prefix': sys.prefix, 'paths': [p for p in sys.path if p]}))",
+        ])
+    )
+    env = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    # A font cache prepared by `make install` saves seconds on the first plot.
+    mplconfig = Path(info["prefix"]).parent / "mplconfig"
+    if mplconfig.is_dir():
+        env["MPLCONFIGDIR"] = str(mplconfig)
+    return Runtime(
+        name="python",
+        version=info["version"],
+        # -I: ignore PYTHON* variables and the user site; -S: skip site.py and
+        # .pth files (the paths are given explicitly); -u: live logs.
+        argv=(python_bin, "-I", "-S", "-u", str(PRELUDES / "python_prelude.py")),
+        env=env,
+        path_dirs=(str(Path(python_bin).parent),),
+        site_paths=tuple(info["paths"]),
+        install_base=(
+            python_bin, "-m", "pip", "install", "--quiet", "--no-input", "--no-cache-dir",
+            "--disable-pip-version-check", "--no-warn-script-location",
+        ),
+    )
+
+
+def probe_node(node_bin: str) -> Runtime:
+    version = _run([node_bin, "--version"]).lstrip("v")
+    npm = shutil.which("npm", path=str(Path(node_bin).parent)) or shutil.which("npm")
+    install_base: tuple[str, ...] = ()
+    if npm:
+        install_base = (npm, "install", "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error")
+    return Runtime(
+        name="node",
+        version=version,
+        argv=(node_bin, str(PRELUDES / "node_prelude.cjs")),
+        path_dirs=(str(Path(node_bin).parent),),
+        install_base=install_base,
+        package_pattern=_NODE_PACKAGE,
+    )
+
+
+def probe_all(config: Config) -> dict[str, Runtime]:
+    """The runtimes this server offers; Python is required, Node.js optional."""
+    runtimes = {"python": probe_python(config.python_bin)}
+    if config.node_bin:
+        runtimes["node"] = probe_node(config.node_bin)
+    return runtimes

@@ -1,0 +1,157 @@
+'use strict';
+// Runs one execution's Node.js code inside the sandbox.
+//
+// Started as `node node_prelude.cjs FD`, where FD is a socket to the server
+// carrying JSON lines. The first line received is the start message (code and
+// the module path to run it from). The code runs as an ES module, so top-level
+// await works, with callTool, callToolsParallel, setResult, installPackage and
+// require as globals. stdout and stderr are plain logs and are never parsed.
+
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+const { pathToFileURL } = require('url');
+const { createRequire } = require('module');
+
+const channelFd = Number(process.argv[2]);
+const pending = new Map();
+let nextId = 0;
+let closedReason = null;
+
+// Writes are synchronous so that a result is delivered even if the code exits
+// right after; libuv makes the socket non-blocking, so retry on EAGAIN.
+const pause = new Int32Array(new SharedArrayBuffer(4));
+function send(message) {
+  const data = Buffer.from(JSON.stringify(message) + '\n');
+  let offset = 0;
+  while (offset < data.length) {
+    try {
+      offset += fs.writeSync(channelFd, data, offset);
+    } catch (err) {
+      if (err.code !== 'EAGAIN') throw err;
+      Atomics.wait(pause, 0, 0, 1);
+    }
+  }
+}
+
+const socket = new net.Socket({ fd: channelFd, readable: true, writable: false });
+let buffered = '';
+let onStart = null;
+socket.setEncoding('utf8');
+socket.on('data', (chunk) => {
+  buffered += chunk;
+  let newline;
+  while ((newline = buffered.indexOf('\n')) >= 0) {
+    const line = buffered.slice(0, newline);
+    buffered = buffered.slice(newline + 1);
+    const message = JSON.parse(line);
+    if (message.type === 'start') {
+      onStart(message);
+      continue;
+    }
+    const waiter = pending.get(message.id);
+    if (waiter) {
+      pending.delete(message.id);
+      if (pending.size === 0) socket.unref();
+      waiter(message);
+    }
+  }
+});
+socket.on('close', () => {
+  closedReason = 'the channel was closed';
+  for (const [id, waiter] of pending) {
+    pending.delete(id);
+    waiter(null);
+  }
+});
+
+// The socket keeps the process alive only while a reply is awaited.
+function request(message) {
+  const id = String(++nextId);
+  return new Promise((resolve, reject) => {
+    if (closedReason) {
+      reject(new Error(`lost the connection to the sandbox server: ${closedReason}`));
+      return;
+    }
+    pending.set(id, (reply) =>
+      reply ? resolve(reply) : reject(new Error(`lost the connection to the sandbox server: ${closedReason}`)),
+    );
+    socket.ref();
+    try {
+      send({ ...message, id });
+    } catch (err) {
+      pending.delete(id);
+      reject(err);
+    }
+  });
+}
+
+function decode(data) {
+  try {
+    return JSON.parse(data);
+  } catch {
+    return data;
+  }
+}
+
+async function callTool(name, args) {
+  if (typeof name !== 'string' || !name) throw new TypeError('callTool: name must be a non-empty string');
+  const reply = await request({ type: 'tool_call', name, args: args ?? {} });
+  if (reply.error) throw new Error(`tool '${name}' failed: ${reply.error}`);
+  return decode(reply.data ?? '');
+}
+
+function callToolsParallel(calls) {
+  if (!Array.isArray(calls)) throw new TypeError('callToolsParallel: calls must be an array of [name, args]');
+  return Promise.all(calls.map((call) => callTool(call[0], call[1])));
+}
+
+function setResult(data, files) {
+  files = files ?? [];
+  if (!Array.isArray(files) || !files.every((f) => typeof f === 'string')) {
+    throw new TypeError('setResult: files must be an array of file names');
+  }
+  const output = JSON.stringify(data === undefined ? null : data);
+  send({ type: 'result', output, files });
+}
+
+async function installPackage(name) {
+  if (typeof name !== 'string' || !name) throw new TypeError('installPackage: name must be a non-empty string');
+  const reply = await request({ type: 'install', package: name });
+  if (reply.error) throw new Error(`installPackage('${name}') failed: ${reply.error}`);
+}
+
+function reportError(err) {
+  const text = err && err.stack ? String(err.stack) : String(err);
+  process.stderr.write(text + '\n');
+  try {
+    send({ type: 'error', message: text });
+  } catch {}
+  process.exit(1);
+}
+
+process.on('uncaughtException', reportError);
+process.on('unhandledRejection', reportError);
+
+socket.unref();
+socket.ref(); // until the start message arrives
+onStart = (start) => {
+  socket.unref();
+  const modulePath = start.module;
+  fs.mkdirSync(path.dirname(modulePath), { recursive: true });
+  fs.writeFileSync(modulePath, start.code);
+  Object.assign(globalThis, {
+    callTool,
+    callToolsParallel,
+    setResult,
+    installPackage,
+    require: createRequire(modulePath),
+  });
+  import(pathToFileURL(modulePath).href).then(
+    () => fs.rmSync(modulePath, { force: true }),
+    (err) => {
+      fs.rmSync(modulePath, { force: true });
+      reportError(err);
+    },
+  );
+};

@@ -1,0 +1,220 @@
+"""Runs one execution's Python code inside the sandbox.
+
+Started as `python -I -S -u python_prelude.py FD`, where FD is a socket to the
+server carrying JSON lines. The first line received is the start message
+(code, import paths). The code gets call_tool, call_tools_parallel,
+set_result and install_package as globals; stdout and stderr are plain logs
+and are never parsed, so nothing the code prints can speak for it.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+import traceback
+import types
+
+_channel_fd = int(sys.argv[1])
+# Keep the channel off its well-known number and out of child processes.
+_sock = socket.socket(fileno=os.dup(_channel_fd))
+os.close(_channel_fd)
+_sock.set_inheritable(False)
+_reader = _sock.makefile("rb")
+_send_lock = threading.Lock()
+
+
+def _send(message):
+    line = (json.dumps(message, default=_json_default, separators=(",", ":")) + "\n").encode()
+    with _send_lock:
+        _sock.sendall(line)
+
+
+class _Replies:
+    """Routes replies from the server to the threads waiting for them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting = {}
+        self._next_id = 0
+        self._thread = None
+        self._closed = None
+
+    def new_id(self):
+        with self._lock:
+            self._next_id += 1
+            call_id = str(self._next_id)
+            self._waiting[call_id] = [threading.Event(), None]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._read, name="oasis-channel", daemon=True)
+                self._thread.start()
+            return call_id
+
+    def wait(self, call_id):
+        slot = self._waiting[call_id]
+        slot[0].wait()
+        with self._lock:
+            del self._waiting[call_id]
+        if slot[1] is None:
+            raise RuntimeError(f"lost the connection to the sandbox server: {self._closed}")
+        return slot[1]
+
+    def discard(self, call_id):
+        with self._lock:
+            self._waiting.pop(call_id, None)
+
+    def _read(self):
+        reason = "the channel was closed"
+        try:
+            for line in _reader:
+                reply = json.loads(line)
+                with self._lock:
+                    slot = self._waiting.get(reply.get("id"))
+                if slot is not None:
+                    slot[1] = reply
+                    slot[0].set()
+        except Exception as exc:
+            reason = repr(exc)
+        with self._lock:
+            self._closed = reason
+            for slot in self._waiting.values():
+                slot[0].set()
+
+
+_replies = _Replies()
+
+
+def _decode(data):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
+
+
+def _to_json(value):
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _json_default(value):
+    # numpy and pandas values are common results; make them plain.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _start_call(name, args):
+    if not isinstance(name, str) or not name:
+        raise TypeError("call_tool: name must be a non-empty string")
+    if args is None:
+        args = {}
+    call_id = _replies.new_id()
+    try:
+        _send({"type": "tool_call", "id": call_id, "name": name, "args": args})
+    except BaseException:
+        _replies.discard(call_id)
+        raise
+    return call_id
+
+
+def _finish_call(name, call_id):
+    reply = _replies.wait(call_id)
+    if reply.get("error"):
+        raise RuntimeError(f"tool {name!r} failed: {reply['error']}")
+    return _decode(reply.get("data", ""))
+
+
+def call_tool(name, args=None):
+    """Call one of the application's tools and return its result."""
+    return _finish_call(name, _start_call(name, args))
+
+
+def call_tools_parallel(calls):
+    """Call several tools at once; results come back in the order of `calls`."""
+    pending = []
+    for call in calls:
+        if not isinstance(call, (list, tuple)) or len(call) not in (1, 2):
+            raise TypeError("call_tools_parallel: each call must be (name, args)")
+        name, args = call[0], call[1] if len(call) == 2 else None
+        pending.append((name, _start_call(name, args)))
+    results, first_error = [], None
+    for name, call_id in pending:
+        try:
+            results.append(_finish_call(name, call_id))
+        except RuntimeError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+def set_result(data, files=None):
+    """Return `data` (JSON-serializable) and optionally workspace files to the caller."""
+    if files is None:
+        files = []
+    if isinstance(files, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
+        raise TypeError("set_result: files must be a list of file names")
+    _send({"type": "result", "output": _to_json(data), "files": [os.fspath(f) for f in files]})
+
+
+def install_package(name):
+    """Install a package from the package index into this session's workspace."""
+    if not isinstance(name, str) or not name:
+        raise TypeError("install_package: name must be a non-empty string")
+    call_id = _replies.new_id()
+    try:
+        _send({"type": "install", "id": call_id, "package": name})
+    except BaseException:
+        _replies.discard(call_id)
+        raise
+    reply = _replies.wait(call_id)
+    if reply.get("error"):
+        raise RuntimeError(f"install_package({name!r}) failed: {reply['error']}")
+    import importlib
+
+    importlib.invalidate_caches()
+
+
+def _run():
+    start = json.loads(_reader.readline())
+    sys.path.extend(p for p in start["sys_path"] if p not in sys.path)
+    sys.argv = [""]
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        call_tool=call_tool,
+        call_tools_parallel=call_tools_parallel,
+        set_result=set_result,
+        install_package=install_package,
+    )
+    sys.modules["__main__"] = main
+    source = start["code"]
+    filename = "<code>"
+    # Let tracebacks quote the offending lines of the code.
+    import linecache
+
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        exec(compile(source, filename, "exec"), main.__dict__)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException as exc:
+        # Drop this prelude's own frame: the traceback starts in the user's code.
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+        sys.stderr.write(text)
+        _send({"type": "error", "message": text})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    _exit_code = _run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(_exit_code)

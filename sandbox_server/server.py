@@ -1,0 +1,111 @@
+"""Server lifecycle: the gRPC server, health, reflection, and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+from .config import Config
+from .core import Sandbox
+from .service import SandboxService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
+MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class SandboxServer:
+    """A running sandbox service; `async with SandboxServer(config) as server:`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sandbox: Sandbox | None = None
+        self.port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        host = self.config.grpc_addr.rsplit(":", 1)[0] or "0.0.0.0"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        self.sandbox = await Sandbox.start(self.config)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE + 64 * 1024),
+                ("grpc.max_send_message_length", MAX_MESSAGE + 64 * 1024),
+            ]
+        )
+        sandbox_pb2_grpc.add_SandboxServicer_to_server(SandboxService(self.sandbox), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(self.config.grpc_addr)
+        if self.port == 0:
+            raise OSError(f"SANDBOX_GRPC_ADDR: cannot listen on {self.config.grpc_addr}")
+        await server.start()
+        self._grpc = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new work, let running executions finish, then kill them."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        if self.sandbox is not None:
+            await self.sandbox.shutdown(grace)
+        if self._grpc is not None:
+            await self._grpc.stop(1.0)
+        if self.sandbox is not None:
+            await self.sandbox.close()
+
+    async def __aenter__(self) -> SandboxServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def describe(self) -> str:
+        assert self.sandbox is not None
+        info = self.sandbox.info()
+        runtimes = ", ".join(f"{name} {version}" for name, version in info.runtimes.items())
+        c = self.config
+        return (
+            f"oasis sandbox {info.version} listening on {self.address} (gRPC) | runtimes: {runtimes} | "
+            f"isolation: {info.isolation} | max_concurrent={c.max_concurrent} "
+            f"timeout={c.default_timeout:g}s (max {c.max_timeout:g}s) max_output={c.max_output}B "
+            f"session_ttl={c.session_ttl:g}s workspace={c.workspace_root}"
+        )
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = SandboxServer(config)
+    await server.start()
+    try:
+        log.info("%s", server.describe())
+        await stop.wait()
+        log.info("shutting down: finishing running executions (grace %gs)", config.shutdown_grace)
+    finally:
+        await server.stop()
+    log.info("stopped")

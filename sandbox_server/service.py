@@ -1,0 +1,164 @@
+"""The gRPC servicer: protobuf in and out, the core in between, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import duration_pb2
+
+from oasis.sandbox.v1 import sandbox_pb2 as pb
+from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+
+from .core import Sandbox
+from .errors import Code, RequestError, invalid
+from .execution import Execution
+from .model import (
+    Event,
+    ExecutionSpec,
+    FileChunkEvent,
+    InputFile,
+    LogEvent,
+    Result,
+    Started,
+    ToolCallEvent,
+)
+
+log = logging.getLogger(__name__)
+
+GRPC_CODES = {
+    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    message = duration_pb2.Duration()
+    message.FromNanoseconds(int(seconds * 1e9))
+    return message
+
+
+def spec_from_proto(start: pb.StartExecution) -> ExecutionSpec:
+    return ExecutionSpec(
+        code=start.code,
+        runtime=start.runtime or "python",
+        execution_id=start.execution_id,
+        session_id=start.session_id,
+        timeout=start.timeout.ToNanoseconds() / 1e9 if start.HasField("timeout") else None,
+        files=tuple(InputFile(name=f.name, data=f.data, size=f.size) for f in start.files),
+        env=dict(start.env),
+    )
+
+
+def event_to_proto(event: Event) -> pb.ExecuteResponse:
+    if isinstance(event, LogEvent):
+        return pb.ExecuteResponse(log=pb.LogChunk(stream=int(event.stream), data=event.data))
+    if isinstance(event, ToolCallEvent):
+        return pb.ExecuteResponse(
+            tool_call=pb.ToolCall(call_id=event.call_id, name=event.name, args_json=event.args_json)
+        )
+    if isinstance(event, FileChunkEvent):
+        return pb.ExecuteResponse(file_chunk=pb.FileChunk(name=event.name, data=event.data, eof=event.eof))
+    if isinstance(event, Started):
+        return pb.ExecuteResponse(
+            started=pb.ExecutionStarted(
+                execution_id=event.execution_id, session_id=event.session_id, runtime=event.runtime
+            )
+        )
+    return pb.ExecuteResponse(result=result_to_proto(event))
+
+
+def result_to_proto(result: Result) -> pb.ExecutionResult:
+    return pb.ExecutionResult(
+        output=result.output,
+        logs=result.logs,
+        exit_code=result.exit_code,
+        error=result.error,
+        files=[pb.File(name=f.name, mime=f.mime, size=f.size, data=f.data or b"") for f in result.files],
+        status=int(result.status),
+        duration=_duration(result.duration),
+        logs_truncated=result.logs_truncated,
+    )
+
+
+class SandboxService(pb_grpc.SandboxServicer):
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def Execute(  # noqa: N802 - the generated servicer's name
+        self, request_iterator: AsyncIterator[pb.ExecuteRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecuteResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `start`")
+        try:
+            execution = self._sandbox.open(spec_from_proto(first.start))
+        except RequestError as exc:
+            await context.abort(GRPC_CODES[exc.code], exc.message)
+        async with execution:
+            feeder = asyncio.create_task(self._feed(requests, execution))
+            try:
+                async for event in execution.events():
+                    yield event_to_proto(event)
+            except RequestError as exc:
+                await context.abort(GRPC_CODES[exc.code], exc.message)
+            finally:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
+
+    async def _feed(self, requests: AsyncIterator[pb.ExecuteRequest], execution: Execution) -> None:
+        """Route the client's messages after `start` into the execution."""
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "tool_result":
+                    r = request.tool_result
+                    await execution.send_tool_result(r.call_id, r.data, r.error)
+                elif kind == "file_chunk":
+                    c = request.file_chunk
+                    await execution.add_file_chunk(c.name, c.data, c.eof)
+                elif kind == "cancel":
+                    execution.cancel()
+                elif kind == "start":
+                    raise invalid("`start` may only be the first message of a stream")
+                else:
+                    raise invalid("empty request message")
+        except RequestError as exc:
+            execution.fail(exc)
+        except grpc.aio.AioRpcError:
+            execution.cancel()
+
+    async def DeleteWorkspace(  # noqa: N802
+        self, request: pb.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteWorkspaceResponse:
+        try:
+            deleted = await self._sandbox.delete_workspace(request.session_id)
+        except RequestError as exc:
+            await context.abort(GRPC_CODES[exc.code], exc.message)
+        return pb.DeleteWorkspaceResponse(deleted=deleted)
+
+    async def GetInfo(  # noqa: N802
+        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInfoResponse:
+        info = self._sandbox.info()
+        config = info.config
+        return pb.GetInfoResponse(
+            runtimes=[pb.GetInfoResponse.Runtime(name=n, version=v) for n, v in info.runtimes.items()],
+            limits=pb.GetInfoResponse.Limits(
+                max_concurrent=config.max_concurrent,
+                default_timeout=_duration(config.default_timeout),
+                max_timeout=_duration(config.max_timeout),
+                max_output=config.max_output,
+                max_result=config.max_result,
+                session_ttl=_duration(config.session_ttl),
+            ),
+            isolation=info.isolation,
+            server_version=info.version,
+        )
