@@ -1,0 +1,53 @@
+"""The oasis exception tree.
+
+    OasisError                    the root: catch this to catch everything
+    +-- SandboxError              the sandbox refused or failed a request
+    |   +-- InvalidRequest        bad code, runtime, session id, file name ...
+    |   +-- CapacityExhausted     the sandbox is at its concurrency limit
+    |   +-- SandboxUnavailable    not reachable, or shutting down
+    |   +-- Unauthenticated       missing or wrong token
+    |   +-- FailedPrecondition    e.g. deleting a workspace that is in use
+    +-- ToolError                 a tool failed (raised by tool_dispatcher users)
+
+Failures of the user's code are not exceptions: they come back as a
+CodeResult whose status says what happened.
+"""
+
+from __future__ import annotations
+
+
+class OasisError(Exception):
+    """Root of every exception this library raises."""
+
+
+class SandboxError(OasisError):
+    """A request to the sandbox failed; `code` is the gRPC status name (or HTTP status)."""
+
+    def __init__(self, message: str, *, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class InvalidRequest(SandboxError):
+    pass
+
+
+class CapacityExhausted(SandboxError):
+    pass
+
+
+class SandboxUnavailable(SandboxError):
+    pass
+
+
+class Unauthenticated(SandboxError):
+    pass
+
+
+class FailedPrecondition(SandboxError):
+    pass
+
+
+class ToolError(OasisError):
+    """A tool failed; the message is what the code (or the LLM) sees."""
