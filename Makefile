@@ -48,3 +48,6 @@ format: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .runtime .pytest_cache .mypy_cache .ruff_cache
+
+bench: install
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/python bench/bench_execute.py

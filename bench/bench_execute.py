@@ -1,0 +1,107 @@
+"""End-to-end latency of trivial executions, measured side by side in one run.
+
+    make bench            (or: python bench/bench_execute.py --runs 50)
+
+Starts a real sandbox server on loopback and times, over gRPC, a trivial
+Python and Node.js execution and one with a tool call round trip. As the
+baseline it times the naive design on the same machine in the same run: a
+bare `python -c` / `node -e` subprocess per execution, with no sandbox, no
+tool channel and no result. Ratios are what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from oasis.sandbox.v1 import sandbox_pb2 as pb  # noqa: E402
+from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc  # noqa: E402
+from sandbox_server import config as config_module  # noqa: E402
+from sandbox_server.server import SandboxServer  # noqa: E402
+
+
+async def execute(stub: pb_grpc.SandboxStub, code: str, runtime: str) -> pb.ExecutionResult:
+    outgoing: asyncio.Queue[pb.ExecuteRequest | None] = asyncio.Queue()
+    outgoing.put_nowait(pb.ExecuteRequest(start=pb.StartExecution(code=code, runtime=runtime)))
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    result = None
+    async for response in stub.Execute(requests()):
+        kind = response.WhichOneof("kind")
+        if kind == "tool_call":
+            answer = pb.ToolResult(call_id=response.tool_call.call_id, data=json.dumps({"ok": True}))
+            outgoing.put_nowait(pb.ExecuteRequest(tool_result=answer))
+        elif kind == "result":
+            result = response.result
+    outgoing.put_nowait(None)
+    assert result is not None and result.status == pb.ExecutionResult.OK, result
+    return result
+
+
+def summarize(name: str, samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+    row = {
+        "median_ms": statistics.median(samples) * 1000,
+        "p90_ms": samples[int(len(samples) * 0.9) - 1] * 1000,
+        "min_ms": samples[0] * 1000,
+    }
+    print(f"{name:<34} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
+    return row
+
+
+async def main(runs: int) -> None:
+    with tempfile.TemporaryDirectory() as workspace:
+        env = {"SANDBOX_GRPC_ADDR": "127.0.0.1:0", "SANDBOX_WORKSPACE": workspace}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k != "SANDBOX_GRPC_ADDR"})
+        config = config_module.load(env)
+        async with SandboxServer(config) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+            stub = pb_grpc.SandboxStub(chan)
+            cases = {
+                "sandbox python set_result": ("set_result(1)", "python"),
+                "sandbox python 1 tool call": ("set_result(call_tool('t'))", "python"),
+                "sandbox node setResult": ("setResult(1)", "node"),
+                "sandbox node 1 tool call": ("setResult(await callTool('t'))", "node"),
+            }
+            baselines = {
+                "naive subprocess python -c": [config.python_bin, "-c", "print(1)"],
+                "naive subprocess node -e": [config.node_bin or "node", "-e", "console.log(1)"],
+            }
+            samples: dict[str, list[float]] = {name: [] for name in [*cases, *baselines]}
+            for name, (code, runtime) in cases.items():
+                await execute(stub, code, runtime)  # warm up
+            # Interleave the cases so machine noise hits all of them alike.
+            for _ in range(runs):
+                for name, (code, runtime) in cases.items():
+                    began = time.perf_counter()
+                    await execute(stub, code, runtime)
+                    samples[name].append(time.perf_counter() - began)
+                for name, argv in baselines.items():
+                    began = time.perf_counter()
+                    subprocess.run(argv, check=True, capture_output=True)
+                    samples[name].append(time.perf_counter() - began)
+    print(f"{runs} runs each, interleaved, on {os.cpu_count()} cores")
+    rows = {name: summarize(name, values) for name, values in samples.items()}
+    py = rows["sandbox python set_result"]["median_ms"] / rows["naive subprocess python -c"]["median_ms"]
+    node = rows["sandbox node setResult"]["median_ms"] / rows["naive subprocess node -e"]["median_ms"]
+    print(f"ratio sandbox/naive (median): python {py:.2f}x, node {node:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=30)
+    asyncio.run(main(parser.parse_args().runs))
