@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PROTO_SRC := proto/oasis/sandbox/v1/sandbox.proto
 GEN_DIR := oasis/sandbox/v1
 
-.PHONY: install proto run test lint format bench clean
+.PHONY: install proto run demo test lint format bench clean
 
 # Server and development tools live in .venv; the code's own interpreter
 # (numpy, pandas, matplotlib) lives in .runtime/python, built from the system
@@ -33,6 +33,11 @@ proto: $(VENV)/.installed
 
 run: install
 	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/oasis-sandbox serve
+
+# An agent through every documented pattern; starts a sandbox in-process when
+# none answers on 127.0.0.1:50051. Scripted LLM unless OPENAI_API_KEY is set.
+demo: install
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/oasis-sandbox demo
 
 test: install
 	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/pytest

@@ -66,8 +66,8 @@ def summarize(name: str, samples: list[float]) -> dict[str, float]:
 
 async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as workspace:
-        env = {"SANDBOX_GRPC_ADDR": "127.0.0.1:0", "SANDBOX_WORKSPACE": workspace}
-        env.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k != "SANDBOX_GRPC_ADDR"})
+        env = {"SANDBOX_GRPC_ADDR": "127.0.0.1:0", "SANDBOX_ADDR": "127.0.0.1:0", "SANDBOX_WORKSPACE": workspace}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k not in env})
         config = config_module.load(env)
         async with SandboxServer(config) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan:
             stub = pb_grpc.SandboxStub(chan)

@@ -4,6 +4,7 @@ Runners live in `oasis.code` (GrpcRunner, HTTPRunner); the agent layer in
 `oasis.agent`. This module re-exports the names applications use most.
 """
 
+from ._dispatch import tool_dispatcher
 from ._types import (
     CodeFile,
     CodeRequest,
@@ -14,6 +15,21 @@ from ._types import (
     LogChunk,
     Status,
     ToolCall,
+)
+from .agent import (
+    AgentDefinitionError,
+    AgentError,
+    AgentResult,
+    AgentTask,
+    Attachment,
+    LLMAgent,
+    Network,
+    Provider,
+    ProviderError,
+    Step,
+    Tool,
+    Usage,
+    tool,
 )
 from .errors import (
     CapacityExhausted,
@@ -27,6 +43,11 @@ from .errors import (
 )
 
 __all__ = [
+    "AgentDefinitionError",
+    "AgentError",
+    "AgentResult",
+    "AgentTask",
+    "Attachment",
     "CapacityExhausted",
     "CodeFile",
     "CodeRequest",
@@ -36,12 +57,21 @@ __all__ = [
     "DispatchResult",
     "FailedPrecondition",
     "InvalidRequest",
+    "LLMAgent",
     "LogChunk",
+    "Network",
     "OasisError",
+    "Provider",
+    "ProviderError",
     "SandboxError",
     "SandboxUnavailable",
     "Status",
+    "Step",
+    "Tool",
     "ToolCall",
     "ToolError",
     "Unauthenticated",
+    "Usage",
+    "tool",
+    "tool_dispatcher",
 ]

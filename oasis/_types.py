@@ -55,6 +55,8 @@ class CodeResult:
     files: list[CodeFile]
     status: Status
     logs_truncated: bool = False
+    output_truncated: bool = False
+    """The set_result value was over the runner's max_output and was dropped."""
     duration: float = 0.0
     execution_id: str = ""
 

@@ -7,7 +7,10 @@ import asyncio
 import logging
 import sys
 
+from oasis import demo as demo_command
+
 from . import config as config_module
+from . import exec_command
 from .launcher import BuildError
 from .runtimes import RuntimeUnavailable
 from .server import serve
@@ -17,7 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oasis-sandbox", description="Oasis code sandbox for LLM agents")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the sandbox service (configured by SANDBOX_* variables)")
+    exec_command.add_parser(commands)
+    demo_command.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "exec":
+        return exec_command.run(args)
+    if args.command == "demo":
+        return demo_command.run(args)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":

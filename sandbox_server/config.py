@@ -26,6 +26,8 @@ class ConfigError(Exception):
 class Config:
     grpc_addr: str = "127.0.0.1:50051"
     """Where the gRPC service listens (host:port; port 0 picks a free one)."""
+    http_addr: str = "127.0.0.1:9000"
+    """Where the HTTP facade listens (host:port; an empty host means all interfaces)."""
     workspace_root: Path
     """Parent folder of all session workspaces."""
     python_bin: str
@@ -96,9 +98,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             raise ValueError(f"{text!r} is not a whole number")
         return int(text)
 
-    grpc_addr = get("SANDBOX_GRPC_ADDR") or Config.grpc_addr
-    if not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", grpc_addr):
-        raise ConfigError(f"SANDBOX_GRPC_ADDR: {grpc_addr!r} is not host:port")
+    grpc_addr = _address("SANDBOX_GRPC_ADDR", get("SANDBOX_GRPC_ADDR") or Config.grpc_addr)
+    http_addr = _address("SANDBOX_ADDR", get("SANDBOX_ADDR") or Config.http_addr)
 
     default_timeout = parsed("SANDBOX_DEFAULT_TIMEOUT", parse_duration, minimum=0.001, default=30.0)
     max_timeout = parsed("SANDBOX_MAX_TIMEOUT", parse_duration, minimum=0.001, default=300.0)
@@ -107,6 +108,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
     return Config(
         grpc_addr=grpc_addr,
+        http_addr=http_addr,
         workspace_root=_workspace_root(get("SANDBOX_WORKSPACE")),
         python_bin=_executable("SANDBOX_PYTHON_BIN", get("SANDBOX_PYTHON_BIN"), sys.executable),
         node_bin=_node_bin(get("SANDBOX_NODE_BIN")),
@@ -120,6 +122,14 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         pip_index_url=get("SANDBOX_PIP_INDEX_URL"),
         npm_registry=get("SANDBOX_NPM_REGISTRY"),
     )
+
+
+def _address(name: str, value: str) -> str:
+    """`host:port` as given; an empty host means all interfaces."""
+    match = re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):(\d{1,5})$", value)
+    if not match or int(match[2]) > 65535:
+        raise ConfigError(f"{name}: {value!r} is not host:port (such as 127.0.0.1:9000 or :9000)")
+    return value
 
 
 def _workspace_root(value: str | None) -> Path:

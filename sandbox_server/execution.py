@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -49,7 +49,15 @@ log = logging.getLogger(__name__)
 FILE_CHUNK = 1 * MIB
 """Files larger than this travel as chunks; each chunk message stays far below 4 MiB."""
 MAX_TOOL_ARGS = 3 * MIB
-"""A tool call's arguments must fit one gRPC message."""
+"""A tool call's name and arguments must fit one gRPC message."""
+MAX_MESSAGE = 4 * MIB
+"""No message in either direction may exceed this: stock gRPC clients' default limit."""
+MAX_ERROR = 64 * 1024
+"""Bytes of a result's `error` kept (start and end): plenty for any useful traceback."""
+MAX_OUTPUT_FILES = 100
+_MESSAGE_MARGIN = 64 * 1024
+_FILE_ENTRY = 256
+"""Room a File entry takes in the result besides its name and data."""
 _MAX_CHANNEL_LINE = 16 * MIB
 _DRAIN_AFTER_EXIT = 0.5
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -273,22 +281,29 @@ class _Run:
 
     async def execute(self) -> Result:
         ex = self.ex
-        ours, theirs = socket.socketpair()
+        # The channel is a pair of pipes rather than a socket: a runtime can
+        # reopen a pipe through /proc/self/fd as close-on-exec and close the
+        # inherited number, so the code's child processes never get it (Node
+        # has no other way to stop a socket fd from leaking into children).
+        to_code, to_server = os.pipe(), os.pipe()
+        theirs = (to_code[0], to_server[1])
         try:
             process = await ex._launcher.start(
                 LaunchSpec(
-                    argv=[*ex._runtime.argv, str(theirs.fileno())],
+                    argv=[*ex._runtime.argv, *map(str, theirs)],
                     cwd=self.workspace,
                     env=self._env(),
-                    pass_fds=(theirs.fileno(),),
+                    pass_fds=theirs,
                 )
             )
         except BaseException:
-            ours.close()
+            os.close(to_code[1])
+            os.close(to_server[0])
             raise
         finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=_MAX_CHANNEL_LINE)
+            for fd in theirs:
+                os.close(fd)
+        reader, writer, read_transport = await _open_channel(to_server[0], to_code[1])
         ex._channel = writer
         deadline = self.started + ex.timeout
         pumps = [
@@ -306,6 +321,7 @@ class _Run:
             await asyncio.gather(*pumps, *self.side_tasks, return_exceptions=True)
             await process.kill()
             writer.close()
+            read_transport.close()
             ex._channel = None
         return await self._result(process.returncode, timed_out)
 
@@ -336,7 +352,16 @@ class _Run:
     async def _serve_channel(self, reader: asyncio.StreamReader) -> None:
         """Handle the prelude's messages until it closes the channel."""
         try:
-            while line := await reader.readline():
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # no newline within the limit
+                    raise ValueError(
+                        f"a message is larger than {_MAX_CHANNEL_LINE} bytes; set_result values are limited "
+                        f"to {self.ex._config.max_result} bytes: return large data as a file instead"
+                    ) from None
+                if not line:
+                    break
                 message = json.loads(line)
                 if not isinstance(message, dict):
                     raise ValueError("a message is not a JSON object")
@@ -348,12 +373,13 @@ class _Run:
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "tool_call":
-            await self._tool_call(str(message["id"]), str(message["name"]), message.get("args"))
+            await self._tool_call(str(message["id"]), _text(message["name"]), message.get("args"))
         elif kind == "result":
             files = message.get("files", [])
             if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
                 raise TypeError("result files must be a list of names")
-            output = str(message["output"])
+            files = [_text(f) for f in files]
+            output = _text(message["output"])
             if len(output.encode()) > self.ex._config.max_result:
                 self.traceback = (
                     f"set_result value is {len(output.encode())} bytes, over the "
@@ -362,7 +388,7 @@ class _Run:
                 output = ""
             self.output, self.output_files = output, files
         elif kind == "error":
-            self.traceback = str(message["message"])
+            self.traceback = _text(message["message"])
         elif kind == "install":
             self._spawn(self._install(str(message["id"]), str(message["package"])))
         else:
@@ -370,10 +396,11 @@ class _Run:
 
     async def _tool_call(self, reply_id: str, name: str, args: Any) -> None:
         args_json = json.dumps(args if args is not None else {}, separators=(",", ":"))
-        if len(args_json) > MAX_TOOL_ARGS:
+        size = len(args_json) + len(name.encode(errors="replace"))
+        if size > MAX_TOOL_ARGS:
             await self.ex._reply({
                 "type": "tool_result", "id": reply_id,
-                "error": f"arguments are {len(args_json)} bytes; the limit is {MAX_TOOL_ARGS}",
+                "error": f"the tool call (name and arguments) is {size} bytes; the limit is {MAX_TOOL_ARGS}",
             })
             return
         self.next_call += 1
@@ -429,12 +456,18 @@ class _Run:
         elif code != 0:
             status = Status.ERROR
             error = self.traceback or f"the code exited with code {code}"
+            tail = self.logs.stderr_tail.decode(errors="replace").strip()
+            if not self.traceback and tail:
+                error += f"; the end of its stderr:\n{tail}"
         else:
             status = Status.ERROR if self.traceback else Status.OK
             error = self.traceback
+        logs = self.logs.text()
         files: list[OutputFile] = []
         if self.output_files and status is not Status.CANCELLED:
-            files, problems = await self._collect_files()
+            # Inline file data shares the result message with everything else.
+            room = MAX_MESSAGE - _MESSAGE_MARGIN - MAX_ERROR - len(self.output.encode()) - len(logs.encode())
+            files, problems = await self._collect_files(room)
             if problems:
                 error = "\n".join(filter(None, [error, *problems]))
                 if status is Status.OK:
@@ -443,31 +476,42 @@ class _Run:
             status=status,
             exit_code=code,
             output=self.output,
-            logs=self.logs.text(),
+            logs=logs,
             logs_truncated=self.logs.truncated,
-            error=error,
+            error=_clip(error, MAX_ERROR),
             files=tuple(files),
             duration=time.monotonic() - self.started,
         )
 
-    async def _collect_files(self) -> tuple[list[OutputFile], list[str]]:
+    async def _collect_files(self, room: int) -> tuple[list[OutputFile], list[str]]:
+        """Open and send the files given to set_result; `room` is the inline byte budget."""
         files: list[OutputFile] = []
         problems: list[str] = []
-        for requested in dict.fromkeys(self.output_files):
+        requested = list(dict.fromkeys(self.output_files))
+        if len(requested) > MAX_OUTPUT_FILES:
+            problems.append(
+                f"{len(requested)} output files were listed; only the first {MAX_OUTPUT_FILES} are returned"
+            )
+            del requested[MAX_OUTPUT_FILES:]
+        for wanted in requested:
             try:
-                name = safefs.to_workspace_name(self.workspace, requested)
+                name = safefs.to_workspace_name(self.workspace, wanted)
                 fd, size = await asyncio.to_thread(safefs.open_regular_file, self.workspace, name)
             except safefs.UnsafePath as exc:
                 problems.append(f"output file not returned: {exc}")
                 continue
+            room -= len(name.encode()) + _FILE_ENTRY
             with open(fd, "rb", closefd=True) as handle:
-                files.append(await self._send_file(name, handle, size))
+                file = await self._send_file(name, handle, size, inline=min(FILE_CHUNK, room))
+            files.append(file)
+            room -= len(file.data or b"")
         return files, problems
 
-    async def _send_file(self, name: str, handle: Any, size: int) -> OutputFile:
+    async def _send_file(self, name: str, handle: Any, size: int, *, inline: int) -> OutputFile:
+        """Inline when the file fits `inline` bytes, else as FileChunkEvents before the result."""
         first = await asyncio.to_thread(handle.read, min(size, FILE_CHUNK))
         mime = guess_mime(name, first[:512])
-        if size <= FILE_CHUNK:
+        if size <= inline:
             return OutputFile(name=name, mime=mime, size=len(first), data=first)
         sent = len(first)
         chunk = first
@@ -482,8 +526,45 @@ class _Run:
         return OutputFile(name=name, mime=mime, size=sent)
 
 
+async def _open_channel(
+    read_fd: int, write_fd: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.ReadTransport]:
+    """Asyncio streams over the server's ends of the two channel pipes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_MAX_CHANNEL_LINE)
+    read_pipe, write_pipe = _pipe_files(read_fd, write_fd)
+    read_transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), read_pipe
+    )
+    write_transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, write_pipe
+    )
+    return reader, asyncio.StreamWriter(write_transport, protocol, None, loop), read_transport
+
+
+def _pipe_files(read_fd: int, write_fd: int) -> tuple[Any, Any]:
+    """Unbuffered file objects owning the fds, as the event loop's pipe transports want them."""
+    return os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0)
+
+
 def _line(message: dict[str, Any]) -> bytes:
     return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+def _text(value: Any) -> str:
+    """A string that protobuf can send: JSON may carry lone surrogates, UTF-8 cannot."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most about `limit` UTF-8 bytes, keeping the start and the end (where a traceback says what failed)."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    head = data[: limit // 4].decode(errors="ignore")
+    tail = data[len(data) - limit * 3 // 4 :].decode(errors="ignore")
+    cut = len(data) - len(head.encode()) - len(tail.encode())
+    return f"{head}\n[... {cut} bytes cut ...]\n{tail}"
 
 
 def _seconds(value: float) -> str:

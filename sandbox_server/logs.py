@@ -30,6 +30,10 @@ class LogCollector:
 
     def text(self) -> str:
         text = b"".join(self._parts).decode("utf-8", errors="replace")
+        if len(text) * 3 > self._limit and len(encoded := text.encode()) > self._limit:
+            # Each undecodable byte became a 3-byte U+FFFD: keep the text within the limit too.
+            text = encoded[: self._limit].decode("utf-8", errors="ignore")
+            self.truncated = True
         if self.truncated:
             text += f"\n[logs truncated: only the first {self._limit} bytes were kept]\n"
         return text

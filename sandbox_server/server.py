@@ -1,4 +1,4 @@
-"""Server lifecycle: the gRPC server, health, reflection, and graceful stop."""
+"""Server lifecycle: the gRPC server, health, reflection, the HTTP facade, and graceful stop."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from .config import Config
 from .core import Sandbox
+from .facade import Facade
 from .service import SandboxService
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ class SandboxServer:
         self.config = config
         self.sandbox: Sandbox | None = None
         self.port = 0
+        self.http_port = 0
+        """The HTTP facade's bound port (SANDBOX_ADDR)."""
         self._grpc: grpc.aio.Server | None = None
+        self._facade: Facade | None = None
         self._health = health.aio.HealthServicer()
         self._stopped = False
 
@@ -37,6 +41,11 @@ class SandboxServer:
     def address(self) -> str:
         host = self.config.grpc_addr.rsplit(":", 1)[0] or "0.0.0.0"
         return f"{host}:{self.port}"
+
+    @property
+    def http_address(self) -> str:
+        host = self.config.http_addr.rsplit(":", 1)[0] or "0.0.0.0"
+        return f"{host}:{self.http_port}"
 
     async def start(self) -> None:
         self.sandbox = await Sandbox.start(self.config)
@@ -57,6 +66,15 @@ class SandboxServer:
             raise OSError(f"SANDBOX_GRPC_ADDR: cannot listen on {self.config.grpc_addr}")
         await server.start()
         self._grpc = server
+        facade = Facade(self.sandbox, self.config)
+        try:
+            await facade.start()
+        except BaseException:
+            await server.stop(0)
+            await self.sandbox.close()
+            raise
+        self._facade = facade
+        self.http_port = facade.port
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -69,6 +87,8 @@ class SandboxServer:
         await self._health.enter_graceful_shutdown()
         if self.sandbox is not None:
             await self.sandbox.shutdown(grace)
+        if self._facade is not None:
+            await self._facade.stop()
         if self._grpc is not None:
             await self._grpc.stop(1.0)
         if self.sandbox is not None:
@@ -87,7 +107,8 @@ class SandboxServer:
         runtimes = ", ".join(f"{name} {version}" for name, version in info.runtimes.items())
         c = self.config
         return (
-            f"oasis sandbox {info.version} listening on {self.address} (gRPC) | runtimes: {runtimes} | "
+            f"oasis sandbox {info.version} listening on {self.address} (gRPC) and "
+            f"{self.http_address} (HTTP) | runtimes: {runtimes} | "
             f"isolation: {info.isolation} | max_concurrent={c.max_concurrent} "
             f"timeout={c.default_timeout:g}s (max {c.max_timeout:g}s) max_output={c.max_output}B "
             f"session_ttl={c.session_ttl:g}s workspace={c.workspace_root}"

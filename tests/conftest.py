@@ -30,6 +30,7 @@ def runtime_python() -> str:
 def make_config(workspace: Path, **env: str) -> config_module.Config:
     values = {
         "SANDBOX_GRPC_ADDR": "127.0.0.1:0",
+        "SANDBOX_ADDR": "127.0.0.1:0",
         "SANDBOX_WORKSPACE": str(workspace),
         "SANDBOX_PYTHON_BIN": runtime_python(),
         "SANDBOX_SHUTDOWN_GRACE": "2s",

@@ -5,7 +5,10 @@
  *
  * It makes itself a child subreaper (and, with --pidns, gives PROGRAM a pid
  * namespace of its own), starts PROGRAM, and relays PROGRAM's exit status as
- * its own: the same exit code, or death by the same signal. When PROGRAM ends,
+ * its own: the same exit code, or death by the same signal. In a namespace,
+ * PROGRAM runs as pid 2 under a minimal init (pid 1), because the kernel
+ * drops the signals a namespace's init sends itself (PROGRAM could not kill
+ * itself) and orphans would be left as zombies. When PROGRAM ends,
  * or when oasis-init gets SIGTERM, every process left in the execution's tree
  * is killed, including ones that called setsid: orphans are reparented to this
  * subreaper, and in a pid namespace the kernel kills them all with its init.
@@ -15,6 +18,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -87,6 +91,37 @@ static void exit_like(int status) {
     _exit(128 + sig);
 }
 
+static void default_signals(void) {
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+}
+
+/* pid 1 of the execution's namespace: runs PROGRAM as pid 2, reaps every
+ * process that ends, and reports PROGRAM's wait status through `report` (a
+ * death by signal cannot be relayed by dying the same way: pid 1 cannot
+ * signal itself). Its exit makes the kernel kill what is left inside. */
+static void namespace_init(char **program, int report) {
+    default_signals();
+    pid_t main_pid = fork();
+    if (main_pid < 0) { perror("oasis-init: fork"); _exit(125); }
+    if (main_pid == 0) {
+        execv(program[0], program);
+        fprintf(stderr, "oasis-init: cannot run %s: %s\n", program[0], strerror(errno));
+        _exit(127);
+    }
+    for (;;) {
+        int status;
+        pid_t done = waitpid(-1, &status, 0);
+        if (done == main_pid) {
+            ssize_t ignored = write(report, &status, sizeof status);
+            (void)ignored;
+            _exit(0);
+        }
+        if (done < 0 && errno != EINTR) _exit(125);
+    }
+}
+
 int main(int argc, char **argv) {
     int pidns = 0;
     int i = 1;
@@ -110,6 +145,10 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
+    /* The namespace init writes PROGRAM's wait status here. */
+    int report[2] = {-1, -1};
+    if (pidns && pipe2(report, O_CLOEXEC) != 0) { perror("oasis-init: pipe"); return 125; }
+
     pid_t child = fork();
     if (child < 0) { perror("oasis-init: fork"); return 125; }
     if (child == 0) {
@@ -118,20 +157,28 @@ int main(int argc, char **argv) {
         /* In a new pid namespace the parent lies outside it and shows as 0. */
         pid_t parent = getppid();
         if (parent != self && parent != 0) _exit(125);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
+        if (pidns) {
+            close(report[0]);
+            namespace_init(&argv[i], report[1]);
+        }
+        default_signals();
         execv(argv[i], &argv[i]);
         fprintf(stderr, "oasis-init: cannot run %s: %s\n", argv[i], strerror(errno));
         _exit(127);
     }
 
+    if (pidns) close(report[1]);
     int status = 0;
     for (;;) {
         if (kill_requested) kill(child, SIGKILL);
         pid_t done = waitpid(child, &status, 0);
         if (done == child) break;
         if (done < 0 && errno != EINTR) { status = 0; break; }
+    }
+    if (pidns) {
+        /* PROGRAM's own status when the namespace init got to report it. */
+        int reported;
+        if (read(report[0], &reported, sizeof reported) == sizeof reported) status = reported;
     }
     kill_tree(self);
     exit_like(status);

@@ -7,6 +7,7 @@ a session. Interpreters are probed once at server start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -107,6 +108,10 @@ def probe_node(node_bin: str) -> Runtime:
     install_base: tuple[str, ...] = ()
     if npm:
         install_base = (npm, "install", "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error")
+        # `--prefix` (the session's folder) would also move npm's global config
+        # to PREFIX/etc/npmrc: keep reading the machine's own (CA file, registry).
+        with contextlib.suppress(RuntimeUnavailable):
+            install_base += (f"--globalconfig={_run([npm, 'config', 'get', 'globalconfig'])}",)
     return Runtime(
         name="node",
         version=version,

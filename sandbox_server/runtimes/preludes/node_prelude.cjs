@@ -1,11 +1,12 @@
 'use strict';
 // Runs one execution's Node.js code inside the sandbox.
 //
-// Started as `node node_prelude.cjs FD`, where FD is a socket to the server
-// carrying JSON lines. The first line received is the start message (code and
-// the module path to run it from). The code runs as an ES module, so top-level
-// await works, with callTool, callToolsParallel, setResult, installPackage and
-// require as globals. stdout and stderr are plain logs and are never parsed.
+// Started as `node node_prelude.cjs IN OUT`, where IN and OUT are pipes from
+// and to the server carrying JSON lines. The first line received is the start
+// message (code and the module path to run it from). The code runs as an ES
+// module, so top-level await works, with callTool, callToolsParallel,
+// setResult, installPackage and require as globals. stdout and stderr are
+// plain logs and are never parsed.
 
 const fs = require('fs');
 const net = require('net');
@@ -13,28 +14,32 @@ const path = require('path');
 const { pathToFileURL } = require('url');
 const { createRequire } = require('module');
 
-const channelFd = Number(process.argv[2]);
+// Node cannot mark an inherited fd close-on-exec, so the channel pipes are
+// reopened through /proc (libuv opens with O_CLOEXEC) and the inherited
+// numbers closed: child processes of the code never get the channel.
+function reopen(arg, flags) {
+  const inherited = Number(arg);
+  const fd = fs.openSync(`/proc/self/fd/${inherited}`, flags);
+  fs.closeSync(inherited);
+  return fd;
+}
+const inFd = reopen(process.argv[2], fs.constants.O_RDONLY);
+const outFd = reopen(process.argv[3], fs.constants.O_WRONLY);
 const pending = new Map();
 let nextId = 0;
 let closedReason = null;
 
-// Writes are synchronous so that a result is delivered even if the code exits
-// right after; libuv makes the socket non-blocking, so retry on EAGAIN.
-const pause = new Int32Array(new SharedArrayBuffer(4));
+// Writes are synchronous (a blocking pipe) so that a result is delivered even
+// if the code exits right after.
 function send(message) {
   const data = Buffer.from(JSON.stringify(message) + '\n');
   let offset = 0;
   while (offset < data.length) {
-    try {
-      offset += fs.writeSync(channelFd, data, offset);
-    } catch (err) {
-      if (err.code !== 'EAGAIN') throw err;
-      Atomics.wait(pause, 0, 0, 1);
-    }
+    offset += fs.writeSync(outFd, data, offset);
   }
 }
 
-const socket = new net.Socket({ fd: channelFd, readable: true, writable: false });
+const socket = new net.Socket({ fd: inFd, readable: true, writable: false });
 let buffered = '';
 let onStart = null;
 socket.setEncoding('utf8');

@@ -1,33 +1,35 @@
 """Runs one execution's Python code inside the sandbox.
 
-Started as `python -I -S -u python_prelude.py FD`, where FD is a socket to the
-server carrying JSON lines. The first line received is the start message
-(code, import paths). The code gets call_tool, call_tools_parallel,
-set_result and install_package as globals; stdout and stderr are plain logs
-and are never parsed, so nothing the code prints can speak for it.
+Started as `python -I -S -u python_prelude.py IN OUT`, where IN and OUT are
+pipes from and to the server carrying JSON lines. The first line received is
+the start message (code, import paths). The code gets call_tool,
+call_tools_parallel, set_result and install_package as globals; stdout and
+stderr are plain logs and are never parsed, so nothing the code prints can
+speak for it.
 """
 
 import json
 import os
-import socket
 import sys
 import threading
 import traceback
 import types
 
-_channel_fd = int(sys.argv[1])
-# Keep the channel off its well-known number and out of child processes.
-_sock = socket.socket(fileno=os.dup(_channel_fd))
-os.close(_channel_fd)
-_sock.set_inheritable(False)
-_reader = _sock.makefile("rb")
+# Keep the channel off its well-known numbers and out of child processes
+# (os.dup makes non-inheritable copies).
+_reader = os.fdopen(os.dup(int(sys.argv[1])), "rb")
+_out = os.dup(int(sys.argv[2]))
+os.close(int(sys.argv[1]))
+os.close(int(sys.argv[2]))
 _send_lock = threading.Lock()
 
 
 def _send(message):
     line = (json.dumps(message, default=_json_default, separators=(",", ":")) + "\n").encode()
     with _send_lock:
-        _sock.sendall(line)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(_out, view) :]
 
 
 class _Replies:

@@ -1,0 +1,155 @@
+"""The public agents: LLMAgent, and Network, which routes between agents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._types import CodeRunner
+from ._core import Agent, AgentSpec, EventHandler, Run, Toolset, check_common
+from ._messages import Provider, ToolDefinition
+from ._results import AgentResult, AgentTask
+from ._tools import Tool
+
+DEFAULT_MAX_ITERATIONS = 10
+DEFAULT_MAX_CODE_LOGS = 8000
+
+
+class LLMAgent:
+    """An LLM with tools, and optionally code execution (`code_runner`) and plan execution.
+
+    Everything is checked here, so a misconfigured agent fails when it is built,
+    never in the middle of a run. One agent may run several tasks concurrently.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        provider: Provider,
+        *,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        code_runner: CodeRunner | None = None,
+        plan_execution: bool = False,
+        prompt: str | None = None,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
+        code_timeout: float | None = None,
+        max_code_logs: int = DEFAULT_MAX_CODE_LOGS,
+    ) -> None:
+        """
+        Args:
+            tools: `Tool`s, or plain typed functions (wrapped as by `@tool`).
+            code_runner: enables the execute_code tool (GrpcRunner, HTTPRunner, any CodeRunner).
+            plan_execution: enables the execute_plan tool (parallel tool calls in one step).
+            prompt: the agent's instructions; default: its name and description.
+            max_iterations: LLM requests per task before the run stops without an answer.
+            code_timeout: seconds per execution; None uses the runner's default.
+            max_code_logs: characters of an execution's logs the LLM is shown (the tail).
+        """
+        owner = f"agent {name!r}"
+        check_common(owner, name, description, provider, max_iterations)
+        self._spec = AgentSpec(
+            name=name,
+            description=description,
+            provider=provider,
+            toolset=Toolset.build(
+                owner, tools, code_runner=code_runner, plan_execution=plan_execution
+            ),
+            prompt=prompt,
+            max_iterations=max_iterations,
+            code_timeout=code_timeout,
+            max_code_logs=max_code_logs,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def description(self) -> str:
+        return self._spec.description
+
+    @property
+    def tool_definitions(self) -> list[ToolDefinition]:
+        """The tools exactly as the LLM sees them, built-ins included."""
+        return self._spec.toolset.definitions()
+
+    async def execute(
+        self, task: AgentTask | str, *, on_event: EventHandler | None = None
+    ) -> AgentResult:
+        """Run the task to a final answer or `max_iterations`; `on_event` sees each step live.
+
+        Tool failures never raise: the LLM sees them. A failing provider raises ProviderError.
+        """
+        if isinstance(task, str):
+            task = AgentTask(input=task)
+        return await Run(self._spec, task, on_event).run()
+
+    def __repr__(self) -> str:
+        return f"LLMAgent({self.name!r})"
+
+
+class Network:
+    """A router LLM that delegates to agents, each seen as a tool `agent_<name>`.
+
+    Code run by the network (execute_code) can call the regular tools and the
+    `agent_*` tools alike. A Network is itself an agent, so networks nest.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        router_provider: Provider,
+        *,
+        agents: Iterable[Agent] = (),
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        code_runner: CodeRunner | None = None,
+        plan_execution: bool = False,
+        prompt: str | None = None,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
+        code_timeout: float | None = None,
+        max_code_logs: int = DEFAULT_MAX_CODE_LOGS,
+    ) -> None:
+        owner = f"network {name!r}"
+        check_common(owner, name, description, router_provider, max_iterations)
+        self.agents = tuple(agents)
+        self._spec = AgentSpec(
+            name=name,
+            description=description,
+            provider=router_provider,
+            toolset=Toolset.build(
+                owner,
+                tools,
+                agents=self.agents,
+                code_runner=code_runner,
+                plan_execution=plan_execution,
+            ),
+            prompt=prompt,
+            max_iterations=max_iterations,
+            code_timeout=code_timeout,
+            max_code_logs=max_code_logs,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def description(self) -> str:
+        return self._spec.description
+
+    @property
+    def tool_definitions(self) -> list[ToolDefinition]:
+        return self._spec.toolset.definitions()
+
+    async def execute(
+        self, task: AgentTask | str, *, on_event: EventHandler | None = None
+    ) -> AgentResult:
+        """Route the task; usage, steps and attachments of sub-agents are included in the result."""
+        if isinstance(task, str):
+            task = AgentTask(input=task)
+        return await Run(self._spec, task, on_event).run()
+
+    def __repr__(self) -> str:
+        return f"Network({self.name!r}, agents={[a.name for a in self.agents]})"

@@ -1,0 +1,155 @@
+"""Tools: the `Tool` protocol, and the `@tool` decorator for typed Python functions."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
+
+from ..errors import ToolError
+from ._errors import AgentDefinitionError
+from ._messages import ToolDefinition
+from ._schema import function_schema, parse_docstring
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """Anything the agent can call: a name, a description, a JSON Schema, and `call`.
+
+    `call` returns any JSON-serializable value (a string is passed as is). Raising
+    makes the call a tool error that the LLM sees; it never ends the run.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def parameters(self) -> dict[str, Any]: ...
+
+    async def call(self, args: dict[str, Any]) -> Any: ...
+
+
+class FunctionTool(Generic[P, R]):
+    """A typed Python function (sync or async) as a tool; still callable as the function."""
+
+    def __init__(
+        self, function: Callable[P, R], *, name: str | None = None, description: str | None = None
+    ) -> None:
+        functools.update_wrapper(self, function)
+        self.function = function
+        self.name = name or function.__name__
+        check_tool_name(self.name)
+        summary, _ = parse_docstring(inspect.getdoc(function))
+        self.description = description or summary
+        if not self.description:
+            raise AgentDefinitionError(
+                f"tool {self.name!r} has no description: give the function a docstring "
+                "or pass @tool(description=...); the LLM reads it to decide when to call the tool"
+            )
+        self.parameters, _ = function_schema(function, self.name)
+        self._is_async = inspect.iscoroutinefunction(function)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.function(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"FunctionTool({self.name!r})"
+
+    async def call(self, args: dict[str, Any]) -> Any:
+        """Check the argument names, then run the function (sync ones in a worker thread)."""
+        known = self.parameters["properties"]
+        unexpected = sorted(set(args) - set(known))
+        if unexpected:
+            raise ToolError(
+                f"unexpected argument(s) {', '.join(map(repr, unexpected))}; "
+                f"{self.name} takes: {', '.join(known) or 'no arguments'}"
+            )
+        missing = [p for p in self.parameters["required"] if p not in args]
+        if missing:
+            raise ToolError(f"missing required argument(s): {', '.join(map(repr, missing))}")
+        function: Callable[..., Any] = self.function
+        if self._is_async:
+            result = await function(**args)
+        else:
+            # Sync tools (database, HTTP, files) must not block the event loop.
+            result = await asyncio.to_thread(functools.partial(function, **args))
+            if inspect.isawaitable(result):
+                result = await result
+        return result
+
+
+@overload
+def tool(function: Callable[P, R], /) -> FunctionTool[P, R]: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[P, R]], FunctionTool[P, R]]: ...
+
+
+def tool(
+    function: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> FunctionTool[P, R] | Callable[[Callable[P, R]], FunctionTool[P, R]]:
+    """Turn a typed function into a tool: `@tool` or `@tool(name=..., description=...)`.
+
+    The parameters' JSON Schema comes from the type hints (str, int, float, bool,
+    list, dict, Literal, Enum, TypedDict, Optional, unions) and defaults; the
+    description from the docstring, with per-parameter text from its `Args:` section.
+    """
+    if function is not None:
+        return FunctionTool(function, name=name, description=description)
+
+    def decorate(fn: Callable[P, R]) -> FunctionTool[P, R]:
+        return FunctionTool(fn, name=name, description=description)
+
+    return decorate
+
+
+def check_tool_name(name: str) -> None:
+    if not TOOL_NAME.match(name):
+        raise AgentDefinitionError(
+            f"tool name {name!r} is invalid: use 1 to 64 letters, digits, '_' or '-'"
+        )
+
+
+def definition(t: Tool) -> ToolDefinition:
+    return ToolDefinition(name=t.name, description=t.description, parameters=t.parameters)
+
+
+def result_text(value: Any) -> str:
+    """A tool's return value as the text the LLM (or the code) receives: JSON unless a string."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

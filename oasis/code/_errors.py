@@ -1,0 +1,34 @@
+"""The one place where gRPC failures become oasis exceptions."""
+
+from __future__ import annotations
+
+import grpc
+
+from ..errors import (
+    CapacityExhausted,
+    FailedPrecondition,
+    InvalidRequest,
+    SandboxError,
+    SandboxUnavailable,
+    Unauthenticated,
+)
+
+_BY_CODE: dict[grpc.StatusCode, type[SandboxError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: CapacityExhausted,
+    grpc.StatusCode.UNAVAILABLE: SandboxUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+}
+
+
+def from_grpc(exc: grpc.aio.AioRpcError) -> SandboxError:
+    """The library error for a failed RPC, keeping its status code name and message.
+
+    Raise the result `from exc` so the original status and debug string stay
+    reachable through `__cause__`.
+    """
+    status: grpc.StatusCode = exc.code()
+    message = str(exc.details() or "") or f"the RPC failed with status {status.name}"
+    return _BY_CODE.get(status, SandboxError)(message, code=status.name)

@@ -1,0 +1,367 @@
+"""GrpcRunner: runs code on a sandbox server over its gRPC Execute stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, TypedDict, TypeVar, cast
+
+import grpc
+
+from .._types import CodeFile, CodeRequest, CodeResult, Dispatch, DispatchResult, LogChunk
+from ..errors import SandboxError
+from ..sandbox.v1 import sandbox_pb2 as pb
+from ..sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+from . import _wire
+from ._errors import from_grpc
+from ._info import SandboxInfo
+from ._wire import KiB, MiB
+
+log = logging.getLogger("oasis.code")
+T = TypeVar("T")
+
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_TRANSFER_SLACK = 60.0
+"""Seconds the Execute RPC may outlive the code's timeout (file transfers, teardown)."""
+
+
+class GrpcOptions(TypedDict, total=False):
+    """GrpcRunner's keyword options, for wrappers that pass them through."""
+
+    timeout: float
+    max_file_size: int
+    max_output: int
+    max_retries: int
+    retry_delay: float
+    token: str | None
+    root_certificates: bytes | None
+    private_key: bytes | None
+    certificate_chain: bytes | None
+    credentials: grpc.ChannelCredentials | None
+    channel_options: Sequence[tuple[str, Any]]
+
+
+class GrpcRunner:
+    """Runs code on a sandbox server and routes its tool calls to `dispatch`.
+
+    One runner holds one gRPC channel; use it as `async with GrpcRunner(...)`
+    or call `aclose()`. A runner belongs to the event loop that first uses it;
+    from non-async code use `SyncGrpcRunner`.
+
+    Retries: a request is sent again (after `retry_delay`, doubling each time,
+    at most `max_retries` more times) only when the code certainly did not
+    start: the server refused it for capacity (RESOURCE_EXHAUSTED) or could
+    not be reached or was shutting down (UNAVAILABLE), in both cases before it
+    answered `started`. Any failure after `started` is raised, never retried:
+    by then the code may have run, and code calls tools with side effects
+    (sending mail, charging a card), so running it twice is worse than
+    reporting the failure. The same execution_id is used on every attempt.
+    One gap remains: a connection that breaks after the server admitted the
+    run but before `started` reached us looks like "not started"; the server
+    kills the code as soon as it sees the disconnect, but if even a partial
+    second run is unacceptable, set max_retries=0.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        max_file_size: int = 10 * MiB,
+        max_output: int = 64 * KiB,
+        max_retries: int = 2,
+        retry_delay: float = 0.5,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Configure a runner for the server at `target` ("host:port"); connects on first use.
+
+        - timeout: seconds the code may run when the request sets none (the
+          server clamps it to its maximum). The Execute RPC's deadline is the
+          code's timeout plus a minute for file transfers; info() and
+          delete_workspace() get `timeout` as their deadline.
+        - max_file_size: returned files larger than this come back with name,
+          MIME type and size only (empty data), and are never held whole.
+        - max_output: bytes of logs kept in the result, and the largest
+          set_result value kept (a larger one is dropped, see output_truncated).
+        - max_retries, retry_delay: see the class docstring.
+        - token: sent as `authorization: Bearer <token>` on every call.
+        - TLS: `credentials`, or any of root_certificates / private_key /
+          certificate_chain (PEM bytes), makes the channel use TLS.
+        """
+        if max_retries < 0 or retry_delay < 0:
+            raise ValueError("max_retries and retry_delay must not be negative")
+        self.target = target
+        self.timeout = timeout
+        self.max_file_size = max_file_size
+        self.max_output = max_output
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        if credentials is None and (root_certificates or private_key or certificate_chain):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates,
+                private_key=private_key,
+                certificate_chain=certificate_chain,
+            )
+        self._credentials = credentials
+        # Let the channel try to reconnect at least as often as we retry: with
+        # gRPC's default backoff (1 s, growing) a retry would fail at once.
+        backoff_ms = max(int(retry_delay * 1000), 100)
+        self._channel_options = [
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms * 2 ** min(max_retries, 6)),
+            *channel_options,
+        ]
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.SandboxAsyncStub | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> GrpcRunner:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel; running executions are cancelled. Safe to call twice."""
+        self._closed = True
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    def _connect(self) -> pb_grpc.SandboxAsyncStub:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RuntimeError("this GrpcRunner is closed")
+        if self._stub is None:
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=self._channel_options
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(
+                    self.target, options=self._channel_options
+                )
+            self._stub = cast("pb_grpc.SandboxAsyncStub", pb_grpc.SandboxStub(self._channel))
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "a GrpcRunner is bound to the event loop that first used it; "
+                "create one per loop, or use SyncGrpcRunner from non-async code"
+            )
+        assert self._stub is not None
+        return self._stub
+
+    async def run(self, request: CodeRequest, dispatch: Dispatch) -> CodeResult:
+        """Run the code to its end and return the result.
+
+        Failures of the code (exceptions, timeouts, kills) are results, not
+        exceptions; SandboxError means the server refused or lost the request.
+        Cancelling the awaiting task cancels the RPC, and the server kills the code.
+        """
+        async with contextlib.aclosing(self.stream(request, dispatch)) as events:
+            async for event in events:
+                if isinstance(event, CodeResult):
+                    return event
+        raise SandboxError("the execution ended without a result", code="INTERNAL")
+
+    async def stream(
+        self, request: CodeRequest, dispatch: Dispatch
+    ) -> AsyncGenerator[LogChunk | CodeResult, None]:
+        """Yield what the code prints as it prints it, then the CodeResult.
+
+        Live chunks are passed on as the server sends them; `max_output` caps
+        only what the result keeps. If you stop iterating early, close the
+        iterator (`async with contextlib.aclosing(runner.stream(...))`) so the
+        RPC is cancelled at once rather than when the iterator is collected.
+        """
+        stub = self._connect()
+        timeout = self.timeout if request.timeout is None else request.timeout
+        start, uploads = _wire.start_message(
+            request, execution_id=uuid.uuid4().hex, timeout=timeout
+        )
+        for attempt in itertools.count():
+            exchange = _Exchange(self, stub, start, uploads, dispatch, deadline=timeout)
+            try:
+                async with contextlib.aclosing(exchange.events()) as events:
+                    async for event in events:
+                        yield event
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exchange.started or exc.code() not in _RETRYABLE or attempt >= self.max_retries:
+                    raise from_grpc(exc) from exc
+                delay = self.retry_delay * 2**attempt
+                log.info(
+                    "execution %s not started (%s: %s); retry %d of %d in %.2f s",
+                    start.execution_id,
+                    exc.code().name,
+                    exc.details(),
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+
+    async def delete_workspace(self, session_id: str) -> bool:
+        """Remove a session's workspace; False when there was none.
+
+        Raises FailedPrecondition while an execution runs in the session.
+        """
+        request = pb.DeleteWorkspaceRequest(session_id=session_id)
+        response = await self._unary(lambda stub: stub.DeleteWorkspace(request, **self._options()))
+        return bool(response.deleted)
+
+    async def info(self) -> SandboxInfo:
+        """The server's runtimes, limits, isolation level and version."""
+        response = await self._unary(
+            lambda stub: stub.GetInfo(pb.GetInfoRequest(), **self._options())
+        )
+        return _wire.sandbox_info(response)
+
+    def _options(self) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": self.timeout}
+
+    async def _unary(self, call: Callable[[pb_grpc.SandboxAsyncStub], Awaitable[T]]) -> T:
+        """Make an idempotent unary call, retrying while the server is unreachable."""
+        stub = self._connect()
+        for attempt in itertools.count():
+            try:
+                return await call(stub)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt >= self.max_retries:
+                    raise from_grpc(exc) from exc
+            await asyncio.sleep(self.retry_delay * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+class _Exchange:
+    """One attempt of one execution: a single Execute stream from start to result."""
+
+    def __init__(
+        self,
+        runner: GrpcRunner,
+        stub: pb_grpc.SandboxAsyncStub,
+        start: pb.StartExecution,
+        uploads: list[CodeFile],
+        dispatch: Dispatch,
+        *,
+        deadline: float,
+    ) -> None:
+        self._runner = runner
+        self._stub = stub
+        self._start = start
+        self._uploads = uploads
+        self._dispatch = dispatch
+        self._deadline = deadline + _TRANSFER_SLACK
+        self._outgoing: asyncio.Queue[pb.ExecuteRequest] = asyncio.Queue()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._downloads = _wire.Downloads(runner.max_file_size)
+        self.started = False
+        self.execution_id = start.execution_id
+
+    async def events(self) -> AsyncGenerator[LogChunk | CodeResult, None]:
+        call = self._stub.Execute(metadata=self._runner._metadata, timeout=self._deadline)
+        writer = asyncio.create_task(self._write(call))
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise SandboxError(
+                        "the server ended the stream without a result", code="INTERNAL"
+                    )
+                kind = response.WhichOneof("kind")
+                if kind == "log":
+                    yield LogChunk(
+                        stream=_wire.stream_name(response.log.stream), data=response.log.data
+                    )
+                elif kind == "tool_call":
+                    task = asyncio.create_task(self._answer(response.tool_call))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
+                elif kind == "file_chunk":
+                    self._downloads.add(response.file_chunk)
+                elif kind == "started":
+                    self.started = True
+                    self.execution_id = response.started.execution_id or self.execution_id
+                elif kind == "result":
+                    result = _wire.code_result(
+                        response.result,
+                        self._downloads,
+                        execution_id=self.execution_id,
+                        max_file_size=self._runner.max_file_size,
+                        max_output=self._runner.max_output,
+                    )
+                    # The server ends the RPC right after the result, once it has
+                    # cleaned up; wait for that rather than cut it short.
+                    await call.code()
+                    yield result
+                    return
+        finally:
+            writer.cancel()
+            for task in self._pending:
+                task.cancel()
+            call.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self, call: Any) -> None:
+        """Send `start`, the chunked input files, then tool results as they are ready."""
+        try:
+            await call.write(pb.ExecuteRequest(start=self._start))
+            for file in self._uploads:
+                for message in _wire.upload_messages(file):
+                    await call.write(message)
+            while True:
+                await call.write(await self._outgoing.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return  # the RPC has ended; the reader reports how
+
+    async def _answer(self, message: pb.ToolCall) -> None:
+        """Run the dispatch for one tool call and queue its result."""
+        try:
+            call = _wire.tool_call(message)
+        except ValueError as exc:
+            reply = DispatchResult(content=f"tool {message.name!r}: {exc}", is_error=True)
+        else:
+            reply = await _dispatch_safely(self._dispatch, call)
+        try:
+            result = (
+                pb.ToolResult(call_id=message.call_id, error=reply.content or "the tool failed")
+                if reply.is_error
+                else pb.ToolResult(call_id=message.call_id, data=reply.content)
+            )
+        except (TypeError, ValueError) as exc:
+            result = pb.ToolResult(
+                call_id=message.call_id, error=f"the tool's reply could not be sent: {exc}"
+            )
+        self._outgoing.put_nowait(pb.ExecuteRequest(tool_result=result))
+
+
+async def _dispatch_safely(dispatch: Dispatch, call: Any) -> DispatchResult:
+    """The dispatch's answer; an exception becomes a tool error carrying its message."""
+    try:
+        reply = await dispatch(call)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled: the execution is over
+        return DispatchResult(content="the tool was cancelled", is_error=True)
+    except Exception as exc:
+        return DispatchResult(content=str(exc) or type(exc).__name__, is_error=True)
+    if not isinstance(reply, DispatchResult):
+        return DispatchResult(
+            content=f"dispatch returned {type(reply).__name__}, not DispatchResult", is_error=True
+        )
+    return reply

@@ -1,0 +1,122 @@
+"""Isolation levels and per-execution limits, turned into oasis-init options.
+
+Levels, strongest first:
+  namespaces  per-session uid; own pid, mount, ipc, uts (and with
+              SANDBOX_NETWORK=none, net) namespaces; a minimal read-only view
+              of the system; seccomp; rlimits; a size-capped workspace
+  uid         per-session uid, rlimits and seccomp, where namespaces are blocked
+  none        the server's own uid: development only (SANDBOX_ALLOW_INSECURE=1)
+
+The server probes what the host allows at start and fails closed when the
+level asked for (SANDBOX_ISOLATION, the minimum) cannot be reached.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Level(enum.IntEnum):
+    NONE = 0
+    UID = 1
+    NAMESPACES = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Level:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(f"{text!r} is not one of namespaces, uid, none") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one execution may use; every field is enforced and reported by GetInfo."""
+
+    cpu_time: float = 60.0
+    """Seconds of CPU time per execution."""
+    memory: int = 1024**3
+    """Bytes of address space (Python) or heap (Node.js) per process."""
+    processes: int = 64
+    """Processes and threads per session uid."""
+    open_files: int = 1024
+    file_size: int = 512 * 1024**2
+    """Largest single file the code can write."""
+    workspace_size: int = 1024**3
+    """Bytes a session workspace may hold (a size-capped tmpfs where possible)."""
+    workspace_files: int = 20_000
+    """Files and folders a session workspace may hold."""
+    tmp_size: int = 64 * 1024**2
+    """The private /tmp and /dev/shm of one execution."""
+    output_files: int = 32
+    """Files one set_result may return."""
+    output_size: int = 1024**3
+    """Total bytes of the files one set_result may return."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sandboxing:
+    """How to wrap one process: turned into oasis-init arguments."""
+
+    level: Level
+    limits: Limits
+    network: bool
+    readable: tuple[str, ...]
+    """Host folders the code needs to read (runtimes, preludes)."""
+
+    def init_args(
+        self, *, uid: int | None, workspace: Path, memory_limit: int | None, allow_network: bool | None = None
+    ) -> list[str]:
+        args: list[str] = ["--pidns"]
+        limits = self.limits
+        if self.level is Level.NONE:
+            return args
+        network = self.network if allow_network is None else allow_network
+        if self.level is Level.NAMESPACES:
+            args += ["--ipcns", "--utsns", "--root", "--tmp-size", str(limits.tmp_size)]
+            if not network:
+                args.append("--netns")
+            for path in self.readable:
+                args += ["--ro", path]
+            args += ["--rw", str(workspace)]
+        if uid is not None:
+            args += ["--uid", str(uid), "--gid", str(uid)]
+        args += [
+            "--rlimit", f"cpu={max(int(limits.cpu_time), 1)}",
+            "--rlimit", f"nproc={limits.processes}",
+            "--rlimit", f"nofile={limits.open_files}",
+            "--rlimit", f"fsize={limits.file_size}",
+            "--seccomp",
+        ]
+        if memory_limit is not None:
+            args += ["--rlimit", f"as={memory_limit}"]
+        return args
+
+
+def readable_roots(paths: list[str]) -> tuple[str, ...]:
+    """The folders to bind read-only so these files work inside the new root.
+
+    System folders (/usr, /lib ...) are always there; anything else is bound
+    at its top-most folder that is not a system one, e.g. /opt/oasis/runtime.
+    """
+    system = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/etc/")
+    roots: list[str] = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real.startswith(system):
+            continue
+        roots.append(real)
+    roots.sort()
+    # Drop folders already inside another one.
+    kept: list[str] = []
+    for root in roots:
+        if not any(root == k or root.startswith(k + "/") for k in kept):
+            kept.append(root)
+    return tuple(kept)

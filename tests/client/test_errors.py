@@ -1,0 +1,164 @@
+"""gRPC failures become oasis errors that keep the status code and message; token and TLS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from oasis import (
+    CodeRequest,
+    FailedPrecondition,
+    InvalidRequest,
+    OasisError,
+    SandboxUnavailable,
+    Status,
+    Unauthenticated,
+    tool_dispatcher,
+)
+from oasis.code import GrpcRunner
+from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+from sandbox_server.core import Sandbox
+from sandbox_server.service import SandboxService
+
+from ..conftest import make_config
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (CodeRequest(code="print(1)", session_id="../etc"), "invalid session_id '../etc'"),
+        (
+            CodeRequest(code="print(1)", runtime="ruby"),
+            "unsupported runtime: ruby; supported: python, node",
+        ),
+        (CodeRequest(code="   "), "code is empty"),
+    ],
+    ids=["session_id", "runtime", "empty_code"],
+)
+async def test_invalid_requests(runner: GrpcRunner, request_: CodeRequest, message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await runner.run(request_, tool_dispatcher({}))
+
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert message in info.value.message and message in str(info.value)
+    assert isinstance(info.value, OasisError)
+    assert isinstance(info.value.__cause__, grpc.aio.AioRpcError)
+
+
+async def test_delete_workspace_errors(runner: GrpcRunner) -> None:
+    with pytest.raises(InvalidRequest, match="invalid session_id") as info:
+        await runner.delete_workspace("bad/id")
+    assert info.value.code == "INVALID_ARGUMENT"
+
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def wait() -> str:
+        started.set()
+        await release.wait()
+        return "ok"
+
+    busy = asyncio.create_task(
+        runner.run(
+            CodeRequest(code="call_tool('wait')", session_id="busy"),
+            tool_dispatcher({"wait": wait}),
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    with pytest.raises(FailedPrecondition, match="has a running execution") as busy_info:
+        await runner.delete_workspace("busy")
+    assert busy_info.value.code == "FAILED_PRECONDITION"
+    release.set()
+    assert (await busy).status is Status.OK
+    assert await runner.delete_workspace("busy") is True
+
+
+async def test_unreachable_server_for_unary_calls() -> None:
+    async with GrpcRunner("127.0.0.1:1", max_retries=1, retry_delay=0.01) as runner:
+        with pytest.raises(SandboxUnavailable) as info:
+            await runner.info()
+    assert info.value.code == "UNAVAILABLE"
+
+
+async def test_info(runner: GrpcRunner) -> None:
+    info = await runner.info()
+
+    assert set(info.runtimes) == {"python", "node"}
+    assert info.limits.max_concurrent == 4
+    assert (info.limits.default_timeout, info.limits.max_timeout) == (30.0, 300.0)
+    assert info.limits.max_output == 512 * 1024
+    assert info.isolation and info.version
+
+
+# -- a real Sandbox core behind TLS and a bearer-token check ----------------
+
+TOKEN = "s3cret-token"
+
+
+class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses every call without `authorization: Bearer TOKEN`."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if dict(details.invocation_metadata).get("authorization") == f"Bearer {TOKEN}":
+            return handler
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, bytes]]:
+    """(port, CA certificate) of a TLS server with the real service and a token check."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    openssl = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await openssl.wait() == 0, "openssl could not make a test certificate"
+    sandbox = await Sandbox.start(make_config(tmp_path / "ws"))
+    server = grpc.aio.server(interceptors=[BearerAuth()])
+    pb_grpc.add_SandboxServicer_to_server(SandboxService(sandbox), server)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    try:
+        yield port, cert.read_bytes()
+    finally:
+        await server.stop(0)
+        await sandbox.close()
+
+
+async def test_token_and_tls(tls_server: tuple[int, bytes]) -> None:
+    port, ca = tls_server
+    target = f"localhost:{port}"
+    async with GrpcRunner(target, token=TOKEN, root_certificates=ca) as runner:
+        result = await runner.run(CodeRequest(code="set_result(6 * 7)"), tool_dispatcher({}))
+        assert result.output == 42
+        assert "python" in (await runner.info()).runtimes
+
+    async with GrpcRunner(target, token="wrong", root_certificates=ca) as runner:
+        with pytest.raises(Unauthenticated, match="missing or wrong bearer token") as info:
+            await runner.run(CodeRequest(code="set_result(1)"), tool_dispatcher({}))
+        assert info.value.code == "UNAUTHENTICATED"
+        with pytest.raises(Unauthenticated):
+            await runner.info()
+
+    # Without the CA the server's certificate is not trusted: the channel never connects.
+    async with GrpcRunner(
+        target, token=TOKEN, credentials=grpc.ssl_channel_credentials(), max_retries=0
+    ) as runner:
+        with pytest.raises(SandboxUnavailable):
+            await runner.info()

@@ -1,0 +1,205 @@
+"""Cancellation and retries: the code is killed when the caller gives up, and never runs twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from oasis import (
+    CapacityExhausted,
+    CodeRequest,
+    DispatchResult,
+    SandboxError,
+    SandboxUnavailable,
+    Status,
+    ToolCall,
+    tool_dispatcher,
+)
+from oasis.code import GrpcRunner
+
+from ..conftest import StartServer
+from ..helpers import eventually
+from .conftest import StartServerProcess, free_port, pids_with_env
+
+SLEEPER = {
+    "python": """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print("ready", flush=True)
+time.sleep(600)
+""",
+    "node": """
+const { spawn } = require("child_process");
+spawn(process.execPath, ["-e", "setTimeout(() => {}, 600000)"], { stdio: "ignore" });
+console.log("ready");
+await new Promise((resolve) => setTimeout(resolve, 600000));
+""",
+}
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_cancelling_run_kills_the_code(runner: GrpcRunner, runtime: str) -> None:
+    marker = f"oasis-test-{uuid.uuid4().hex}"
+    request = CodeRequest(
+        code=SLEEPER[runtime], runtime=runtime, timeout=120, env={"OASIS_TEST_MARKER": marker}
+    )
+    task = asyncio.create_task(runner.run(request, tool_dispatcher({})))
+    # The code and the child it started are both running.
+    await eventually(lambda: len(pids_with_env(marker)) >= 2, timeout=30, what="the code to start")
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await eventually(
+        lambda: not pids_with_env(marker), timeout=10, what="the code's processes to end"
+    )
+
+
+async def test_leaving_a_stream_early_kills_the_code(runner: GrpcRunner) -> None:
+    marker = f"oasis-test-{uuid.uuid4().hex}"
+    request = CodeRequest(code=SLEEPER["python"], timeout=120, env={"OASIS_TEST_MARKER": marker})
+    async with contextlib.aclosing(runner.stream(request, tool_dispatcher({}))) as events:
+        async for event in events:
+            assert event.data.startswith(b"ready")  # type: ignore[union-attr]
+            break
+        assert pids_with_env(marker), "the code should be running while the stream is open"
+
+    await eventually(
+        lambda: not pids_with_env(marker), timeout=10, what="the code's processes to end"
+    )
+
+
+def ledger_code(path: Path) -> str:
+    """Code that appends one line to `path` each time it runs."""
+    return f"with open({str(path)!r}, 'a') as f:\n    f.write('ran\\n')\nset_result('done')"
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def retries_logged(caplog: pytest.LogCaptureFixture, code: str) -> int:
+    return sum(
+        1 for r in caplog.records if r.name == "oasis.code" and f"not started ({code}" in r.message
+    )
+
+
+async def test_retries_until_the_server_is_up(
+    start_server: StartServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oasis.code")
+    port = free_port()
+    ledger = tmp_path / "ledger.txt"
+    async with GrpcRunner(f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1) as runner:
+        task = asyncio.create_task(
+            runner.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+        )
+        # Only once the runner has failed to connect and scheduled a retry does the server start.
+        await eventually(lambda: retries_logged(caplog, "UNAVAILABLE"), timeout=10, what="a retry")
+        await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{port}")
+        result = await task
+
+    assert (result.status, result.output) == (Status.OK, "done"), result.error
+    assert lines(ledger) == 1
+
+
+async def test_gives_up_after_max_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="oasis.code")
+    async with GrpcRunner(f"127.0.0.1:{free_port()}", max_retries=2, retry_delay=0.05) as runner:
+        with pytest.raises(SandboxUnavailable) as info:
+            await runner.run(CodeRequest(code="print(1)"), tool_dispatcher({}))
+
+    assert info.value.code == "UNAVAILABLE"
+    assert retries_logged(caplog, "UNAVAILABLE") == 2
+
+
+async def test_capacity_is_retried_and_the_code_runs_once(
+    start_server: StartServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="oasis.code")
+    server = await start_server(SANDBOX_MAX_CONCURRENT="1")
+    target = f"127.0.0.1:{server.port}"
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> str:
+        held.set()
+        await release.wait()
+        return "released"
+
+    ledger = tmp_path / "ledger.txt"
+    async with GrpcRunner(target) as first, GrpcRunner(target, max_retries=0) as impatient:
+        blocker = asyncio.create_task(
+            first.run(
+                CodeRequest(code="set_result(call_tool('hold'))"), tool_dispatcher({"hold": hold})
+            )
+        )
+        await asyncio.wait_for(held.wait(), 30)
+
+        with pytest.raises(CapacityExhausted) as info:
+            await impatient.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+        assert info.value.code == "RESOURCE_EXHAUSTED"
+        assert "capacity reached" in info.value.message
+
+        async with GrpcRunner(target, max_retries=10, retry_delay=0.1) as patient:
+            task = asyncio.create_task(
+                patient.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+            )
+            await eventually(
+                lambda: retries_logged(caplog, "RESOURCE_EXHAUSTED"), timeout=10, what="a retry"
+            )
+            assert lines(ledger) == 0
+            release.set()
+            result = await task
+        assert (await blocker).output == "released"
+
+    assert (result.status, result.output) == (Status.OK, "done"), result.error
+    assert lines(ledger) == 1
+
+
+async def test_no_retry_once_the_code_has_started(
+    start_server_process: StartServerProcess, start_server: StartServer, tmp_path: Path
+) -> None:
+    """The server dies mid-run and a new one takes its port: the runner must not re-send the code."""
+    port = free_port()
+    doomed = await start_server_process(port)
+    ledger = tmp_path / "ledger.txt"
+    killed = asyncio.Event()
+
+    async def dispatch(call: ToolCall) -> DispatchResult:
+        doomed.process.send_signal(signal.SIGKILL)
+        killed.set()
+        return DispatchResult(content="never delivered")
+
+    code = ledger_code(ledger).replace(
+        "set_result('done')", "call_tool('crash')\nset_result('done')"
+    )
+    async with GrpcRunner(f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1) as runner:
+        task = asyncio.create_task(runner.run(CodeRequest(code=code), dispatch))
+        await asyncio.wait_for(killed.wait(), 30)
+        await doomed.process.wait()
+        # A replacement is up within the retry window: a wrong retry would succeed now.
+        await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{port}")
+        with pytest.raises(SandboxError) as info:
+            await task
+        assert info.value.code == "UNAVAILABLE"
+        assert lines(ledger) == 1
+
+        # The same runner works against the new server (and that run appends its own line).
+        again = await runner.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+        assert again.output == "done"
+        assert lines(ledger) == 2
+
+
+async def test_aclose_is_idempotent_and_final(runner: GrpcRunner) -> None:
+    assert "python" in (await runner.info()).runtimes
+    await runner.aclose()
+    await runner.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await runner.info()

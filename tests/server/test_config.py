@@ -1,0 +1,158 @@
+"""SANDBOX_* configuration: defaults, durations, and errors that name the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from sandbox_server import config as config_module
+
+from ..conftest import runtime_python
+from ..helpers import eventually
+from .conftest import REPO, StartProcess, wait_exit
+
+
+def load(tmp_path: Path, **env: str) -> config_module.Config:
+    values = {"SANDBOX_WORKSPACE": str(tmp_path / "ws"), "SANDBOX_PYTHON_BIN": runtime_python()}
+    values.update(env)
+    return config_module.load(values)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """The defaults the issue fixes."""
+    config = load(tmp_path)
+    assert config.grpc_addr == "127.0.0.1:50051"
+    assert config.max_concurrent == 4
+    assert config.session_ttl == 3600
+    assert config.max_output == 512 * 1024
+    assert config.default_timeout == 30 and config.max_timeout == 300
+    assert config.shutdown_grace == 10
+    assert config.workspace_root == tmp_path / "ws" and config.workspace_root.is_dir()
+    assert config.pip_index_url is None and config.npm_registry is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("2h", 7200), ("90", 90), ("250ms", 0.25)]
+)
+def test_durations(tmp_path: Path, text: str, seconds: float) -> None:
+    """SANDBOX_SESSION_TTL accepts 90s, 30m and 2h (and plain seconds)."""
+    assert load(tmp_path, SANDBOX_SESSION_TTL=text).session_ttl == seconds
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    """Each variable lands in the configuration."""
+    config = load(
+        tmp_path,
+        SANDBOX_GRPC_ADDR="0.0.0.0:6000",
+        SANDBOX_MAX_CONCURRENT="9",
+        SANDBOX_MAX_OUTPUT="1MiB",
+        SANDBOX_SHUTDOWN_GRACE="3s",
+        SANDBOX_PIP_INDEX_URL="http://pypi.internal/simple",
+        SANDBOX_NPM_REGISTRY="http://npm.internal/",
+        SANDBOX_NODE_BIN="node",
+    )
+    assert config.grpc_addr == "0.0.0.0:6000"
+    assert config.max_concurrent == 9
+    assert config.max_output == 1024 * 1024
+    assert config.shutdown_grace == 3
+    assert config.pip_index_url == "http://pypi.internal/simple"
+    assert config.npm_registry == "http://npm.internal/"
+    assert config.node_bin is not None and Path(config.node_bin).is_absolute()
+
+
+def test_interpreters_are_resolved_to_absolute_paths(tmp_path: Path) -> None:
+    """A bare name is resolved once (a PATH shim would cost every start)."""
+    config = load(tmp_path, SANDBOX_PYTHON_BIN=Path(sys.executable).name)
+    assert Path(config.python_bin).is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SANDBOX_GRPC_ADDR", "no-port"),
+        ("SANDBOX_GRPC_ADDR", "127.0.0.1:port"),
+        ("SANDBOX_WORKSPACE", "/etc/hostname/below-a-file"),
+        ("SANDBOX_PYTHON_BIN", "/no/such/python3"),
+        ("SANDBOX_NODE_BIN", "/no/such/node"),
+        ("SANDBOX_MAX_CONCURRENT", "four"),
+        ("SANDBOX_MAX_CONCURRENT", "0"),
+        ("SANDBOX_MAX_CONCURRENT", "-2"),
+        ("SANDBOX_MAX_CONCURRENT", "2.5"),
+        ("SANDBOX_SESSION_TTL", "soon"),
+        ("SANDBOX_SESSION_TTL", "1 fortnight"),
+        ("SANDBOX_SESSION_TTL", "0"),
+        ("SANDBOX_SESSION_TTL", "-5m"),
+        ("SANDBOX_MAX_OUTPUT", "lots"),
+        ("SANDBOX_MAX_OUTPUT", "0"),
+        ("SANDBOX_SHUTDOWN_GRACE", "later"),
+        ("SANDBOX_DEFAULT_TIMEOUT", "x"),
+        ("SANDBOX_MAX_TIMEOUT", "x"),
+    ],
+)
+def test_invalid_values_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    """A value the server cannot use raises ConfigError whose message starts with the variable's name."""
+    with pytest.raises(config_module.ConfigError) as caught:
+        load(tmp_path, **{name: value})
+    assert str(caught.value).startswith(name), str(caught.value)
+
+
+def test_default_workspace_is_var_sandbox() -> None:
+    """Without SANDBOX_WORKSPACE, root gets /var/sandbox (what `make run` uses)."""
+    config = config_module.load({"SANDBOX_PYTHON_BIN": runtime_python()})
+    assert config.workspace_root == Path("/var/sandbox")
+
+
+def test_default_workspace_falls_back_to_the_temp_dir() -> None:
+    """A user who cannot create /var/sandbox gets a folder under the temp dir instead."""
+    with tempfile.TemporaryDirectory() as temp:
+        os.chmod(temp, 0o777)
+        probe = (
+            "from sandbox_server import config\n"
+            "print(config.load({'SANDBOX_PYTHON_BIN': '/usr/bin/python3'}).workspace_root)"
+        )
+        done = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                probe,
+            ],
+            cwd=REPO,
+            env={"PATH": os.environ["PATH"], "TMPDIR": temp},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"{temp}/oasis-sandbox"
+
+
+def test_default_timeout_above_max(tmp_path: Path) -> None:
+    """A default timeout above the maximum is a configuration error."""
+    with pytest.raises(config_module.ConfigError, match="SANDBOX_DEFAULT_TIMEOUT"):
+        load(tmp_path, SANDBOX_DEFAULT_TIMEOUT="10m", SANDBOX_MAX_TIMEOUT="5m")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("name", "value"), [("SANDBOX_MAX_CONCURRENT", "many"), ("SANDBOX_SESSION_TTL", "forever")]
+)
+async def test_server_refuses_to_start_on_a_bad_value(
+    server_process: StartProcess, name: str, value: str
+) -> None:
+    """`python -m sandbox_server serve` stops at start with a non-zero exit and a message naming the variable."""
+    server = server_process(wait=False, **{name: value})
+    assert await wait_exit(server.proc, 30) != 0
+    await eventually(
+        lambda: name in server.log_text(), timeout=10, what=f"{name} in the error output"
+    )
+    assert not server.port
