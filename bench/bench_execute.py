@@ -26,10 +26,10 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oasis.sandbox.v1 import sandbox_pb2 as pb  # noqa: E402
-from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc  # noqa: E402
-from sandbox_server import config as config_module  # noqa: E402
-from sandbox_server.server import SandboxServer  # noqa: E402
+from oasis.sandbox.v1 import sandbox_pb2 as pb
+from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+from sandbox_server import config as config_module
+from sandbox_server.server import SandboxServer
 
 
 async def execute(stub: pb_grpc.SandboxStub, code: str, runtime: str) -> pb.ExecutionResult:
@@ -44,7 +44,9 @@ async def execute(stub: pb_grpc.SandboxStub, code: str, runtime: str) -> pb.Exec
     async for response in stub.Execute(requests()):
         kind = response.WhichOneof("kind")
         if kind == "tool_call":
-            answer = pb.ToolResult(call_id=response.tool_call.call_id, data=json.dumps({"ok": True}))
+            answer = pb.ToolResult(
+                call_id=response.tool_call.call_id, data=json.dumps({"ok": True})
+            )
             outgoing.put_nowait(pb.ExecuteRequest(tool_result=answer))
         elif kind == "result":
             result = response.result
@@ -60,16 +62,27 @@ def summarize(name: str, samples: list[float]) -> dict[str, float]:
         "p90_ms": samples[int(len(samples) * 0.9) - 1] * 1000,
         "min_ms": samples[0] * 1000,
     }
-    print(f"{name:<34} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms")
+    print(
+        f"{name:<34} median {row['median_ms']:7.1f} ms   p90 {row['p90_ms']:7.1f} ms   min {row['min_ms']:7.1f} ms"
+    )
     return row
 
 
 async def main(runs: int) -> None:
     with tempfile.TemporaryDirectory() as workspace:
-        env = {"SANDBOX_GRPC_ADDR": "127.0.0.1:0", "SANDBOX_ADDR": "127.0.0.1:0", "SANDBOX_WORKSPACE": workspace}
-        env.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k not in env})
+        env = {
+            "SANDBOX_GRPC_ADDR": "127.0.0.1:0",
+            "SANDBOX_ADDR": "127.0.0.1:0",
+            "SANDBOX_WORKSPACE": workspace,
+        }
+        env.update(
+            {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k not in env}
+        )
         config = config_module.load(env)
-        async with SandboxServer(config) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+        async with (
+            SandboxServer(config) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan,
+        ):
             stub = pb_grpc.SandboxStub(chan)
             cases = {
                 "sandbox python set_result": ("set_result(1)", "python"),
@@ -82,7 +95,7 @@ async def main(runs: int) -> None:
                 "naive subprocess node -e": [config.node_bin or "node", "-e", "console.log(1)"],
             }
             samples: dict[str, list[float]] = {name: [] for name in [*cases, *baselines]}
-            for name, (code, runtime) in cases.items():
+            for code, runtime in cases.values():
                 await execute(stub, code, runtime)  # warm up
             # Interleave the cases so machine noise hits all of them alike.
             for _ in range(runs):
@@ -92,12 +105,18 @@ async def main(runs: int) -> None:
                     samples[name].append(time.perf_counter() - began)
                 for name, argv in baselines.items():
                     began = time.perf_counter()
-                    subprocess.run(argv, check=True, capture_output=True)
+                    # Blocking on purpose: this is the naive design being measured.
+                    subprocess.run(argv, check=True, capture_output=True)  # noqa: ASYNC221
                     samples[name].append(time.perf_counter() - began)
     print(f"{runs} runs each, interleaved, on {os.cpu_count()} cores")
     rows = {name: summarize(name, values) for name, values in samples.items()}
-    py = rows["sandbox python set_result"]["median_ms"] / rows["naive subprocess python -c"]["median_ms"]
-    node = rows["sandbox node setResult"]["median_ms"] / rows["naive subprocess node -e"]["median_ms"]
+    py = (
+        rows["sandbox python set_result"]["median_ms"]
+        / rows["naive subprocess python -c"]["median_ms"]
+    )
+    node = (
+        rows["sandbox node setResult"]["median_ms"] / rows["naive subprocess node -e"]["median_ms"]
+    )
     print(f"ratio sandbox/naive (median): python {py:.2f}x, node {node:.2f}x")
 
 

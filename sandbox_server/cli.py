@@ -17,7 +17,9 @@ from .server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="oasis-sandbox", description="Oasis code sandbox for LLM agents")
+    parser = argparse.ArgumentParser(
+        prog="oasis-sandbox", description="Oasis code sandbox for LLM agents"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the sandbox service (configured by SANDBOX_* variables)")
     exec_command.add_parser(commands)
@@ -28,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo_command.run(args)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "serve":
         try:
             config = config_module.load()

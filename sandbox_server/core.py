@@ -38,7 +38,11 @@ class Info:
 
 class Sandbox:
     def __init__(
-        self, config: Config, runtimes: dict[str, Runtime], launcher: Launcher, workspaces: Workspaces
+        self,
+        config: Config,
+        runtimes: dict[str, Runtime],
+        launcher: Launcher,
+        workspaces: Workspaces,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
@@ -78,7 +82,9 @@ class Sandbox:
         """Validate and admit one execution; RequestError when it cannot run."""
         runtime = self._validate(spec)
         if self.draining:
-            raise RequestError(Code.UNAVAILABLE, "the sandbox server is shutting down; retry on another instance")
+            raise RequestError(
+                Code.UNAVAILABLE, "the sandbox server is shutting down; retry on another instance"
+            )
         if len(self._running) >= self.config.max_concurrent:
             raise RequestError(
                 Code.RESOURCE_EXHAUSTED,
@@ -112,7 +118,9 @@ class Sandbox:
             raise invalid(f"code is larger than {MAX_CODE_BYTES} bytes")
         runtime = self.runtimes.get(spec.runtime or "python")
         if runtime is None:
-            raise invalid(f"unsupported runtime: {spec.runtime}; supported: {', '.join(self.runtimes)}")
+            raise invalid(
+                f"unsupported runtime: {spec.runtime}; supported: {', '.join(self.runtimes)}"
+            )
         if spec.execution_id and not _EXECUTION_ID.match(spec.execution_id):
             raise invalid(
                 f"invalid execution_id {spec.execution_id[:140]!r}: use 1-128 characters "
@@ -151,7 +159,9 @@ class Sandbox:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
             for execution in list(self._running):
-                execution.stop(Status.KILLED, "the sandbox server is shutting down; the execution was stopped")
+                execution.stop(
+                    Status.KILLED, "the sandbox server is shutting down; the execution was stopped"
+                )
             try:
                 await asyncio.wait_for(self._idle.wait(), 5.0)
             except TimeoutError:

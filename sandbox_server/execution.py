@@ -145,7 +145,9 @@ class Execution:
         await asyncio.to_thread(writer.write, data)
         if eof:
             if writer.size != declared.size:
-                raise invalid(f"input file {name!r}: received {writer.size} bytes, declared {declared.size}")
+                raise invalid(
+                    f"input file {name!r}: received {writer.size} bytes, declared {declared.size}"
+                )
             del self._uploads[name], self._writers[name]
             try:
                 await asyncio.to_thread(writer.commit)
@@ -197,7 +199,9 @@ class Execution:
     async def _run(self) -> None:
         try:
             async with self._workspaces.lease(self.spec.session_id, self.execution_id) as workspace:
-                await self._events.put(Started(self.execution_id, self.spec.session_id, self._runtime.name))
+                await self._events.put(
+                    Started(self.execution_id, self.spec.session_id, self._runtime.name)
+                )
                 self._workspace = workspace
                 self._workspace_ready.set()
                 result = await self._prepare_and_execute(workspace)
@@ -225,7 +229,11 @@ class Execution:
         if self._uploads:
             waiter = asyncio.create_task(self._uploads_done.wait())
             stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self._config.max_timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=self._config.max_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             waiter.cancel()
             stopper.cancel()
             if self._abort is not None:
@@ -312,7 +320,9 @@ class _Run:
             asyncio.create_task(self._serve_channel(reader)),
         ]
         try:
-            writer.write(_line(ex._runtime.start_message(ex.spec.code, self.workspace, ex.execution_id)))
+            writer.write(
+                _line(ex._runtime.start_message(ex.spec.code, self.workspace, ex.execution_id))
+            )
             timed_out = await self._wait(process, deadline)
             await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
         finally:
@@ -398,10 +408,13 @@ class _Run:
         args_json = json.dumps(args if args is not None else {}, separators=(",", ":"))
         size = len(args_json) + len(name.encode(errors="replace"))
         if size > MAX_TOOL_ARGS:
-            await self.ex._reply({
-                "type": "tool_result", "id": reply_id,
-                "error": f"the tool call (name and arguments) is {size} bytes; the limit is {MAX_TOOL_ARGS}",
-            })
+            await self.ex._reply(
+                {
+                    "type": "tool_result",
+                    "id": reply_id,
+                    "error": f"the tool call (name and arguments) is {size} bytes; the limit is {MAX_TOOL_ARGS}",
+                }
+            )
             return
         self.next_call += 1
         call_id = f"{self.ex.execution_id}.{self.next_call}"
@@ -450,7 +463,11 @@ class _Run:
         elif ex._stop_status is not None:
             status, code, error = ex._stop_status, -1, ex._stop_error
         elif code < 0:
-            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            name = (
+                signal.Signals(-code).name
+                if -code in signal.Signals._value2member_map_
+                else str(-code)
+            )
             status, code = Status.KILLED, 128 - code
             error = f"the process was killed by signal {name}"
         elif code != 0:
@@ -466,7 +483,13 @@ class _Run:
         files: list[OutputFile] = []
         if self.output_files and status is not Status.CANCELLED:
             # Inline file data shares the result message with everything else.
-            room = MAX_MESSAGE - _MESSAGE_MARGIN - MAX_ERROR - len(self.output.encode()) - len(logs.encode())
+            room = (
+                MAX_MESSAGE
+                - _MESSAGE_MARGIN
+                - MAX_ERROR
+                - len(self.output.encode())
+                - len(logs.encode())
+            )
             files, problems = await self._collect_files(room)
             if problems:
                 error = "\n".join(filter(None, [error, *problems]))
@@ -501,7 +524,8 @@ class _Run:
                 problems.append(f"output file not returned: {exc}")
                 continue
             room -= len(name.encode()) + _FILE_ENTRY
-            with open(fd, "rb", closefd=True) as handle:
+            # Wraps an fd that is already open: nothing here blocks.
+            with open(fd, "rb", closefd=True) as handle:  # noqa: ASYNC230
                 file = await self._send_file(name, handle, size, inline=min(FILE_CHUNK, room))
             files.append(file)
             room -= len(file.data or b"")

@@ -72,7 +72,12 @@ class Sandboxing:
     """Host folders the code needs to read (runtimes, preludes)."""
 
     def init_args(
-        self, *, uid: int | None, workspace: Path, memory_limit: int | None, allow_network: bool | None = None
+        self,
+        *,
+        uid: int | None,
+        workspace: Path,
+        memory_limit: int | None,
+        allow_network: bool | None = None,
     ) -> list[str]:
         args: list[str] = ["--pidns"]
         limits = self.limits
@@ -89,10 +94,14 @@ class Sandboxing:
         if uid is not None:
             args += ["--uid", str(uid), "--gid", str(uid)]
         args += [
-            "--rlimit", f"cpu={max(int(limits.cpu_time), 1)}",
-            "--rlimit", f"nproc={limits.processes}",
-            "--rlimit", f"nofile={limits.open_files}",
-            "--rlimit", f"fsize={limits.file_size}",
+            "--rlimit",
+            f"cpu={max(int(limits.cpu_time), 1)}",
+            "--rlimit",
+            f"nproc={limits.processes}",
+            "--rlimit",
+            f"nofile={limits.open_files}",
+            "--rlimit",
+            f"fsize={limits.file_size}",
             "--seccomp",
         ]
         if memory_limit is not None:

@@ -11,6 +11,7 @@ place (a rename replaces a planted link instead of writing through it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import stat
@@ -58,7 +59,9 @@ def _open_parent(root_fd: int, parts: list[str], *, create: bool) -> int:
                 os.mkdir(part, 0o755, dir_fd=fd)
                 next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except (NotADirectoryError, OSError) as exc:
-                raise UnsafePath(f"{part!r} is not a plain folder (a link or a file): {exc.strerror}") from None
+                raise UnsafePath(
+                    f"{part!r} is not a plain folder (a link or a file): {exc.strerror}"
+                ) from None
             os.close(fd)
             fd = next_fd
         return fd
@@ -105,10 +108,8 @@ class AtomicWriter:
             os.close(self._fd)
             self._fd = -1
         if self._dir_fd >= 0:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._temp, dir_fd=self._dir_fd)
-            except FileNotFoundError:
-                pass
             os.close(self._dir_fd)
             self._dir_fd = -1
 
@@ -177,11 +178,15 @@ async def remove_tree(path: Path) -> None:
     Python's rmtree can hit RecursionError on a very deep tree.
     """
     proc = await asyncio.create_subprocess_exec(
-        "rm", "-rf", "--one-file-system", "--", str(path),
+        "rm",
+        "-rf",
+        "--one-file-system",
+        "--",
+        str(path),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
-    if proc.returncode != 0 and path.exists():
+    if proc.returncode != 0:
         raise OSError(f"cannot remove {path}: {err.decode(errors='replace').strip()}")

@@ -58,7 +58,11 @@ class SandboxServer:
         sandbox_pb2_grpc.add_SandboxServicer_to_server(SandboxService(self.sandbox), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         self.port = server.add_insecure_port(self.config.grpc_addr)

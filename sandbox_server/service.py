@@ -57,13 +57,17 @@ def spec_from_proto(start: pb.StartExecution) -> ExecutionSpec:
 
 def event_to_proto(event: Event) -> pb.ExecuteResponse:
     if isinstance(event, LogEvent):
-        return pb.ExecuteResponse(log=pb.LogChunk(stream=int(event.stream), data=event.data))
+        return pb.ExecuteResponse(
+            log=pb.LogChunk(stream=pb.LogChunk.Stream.Value(event.stream.name), data=event.data)
+        )
     if isinstance(event, ToolCallEvent):
         return pb.ExecuteResponse(
             tool_call=pb.ToolCall(call_id=event.call_id, name=event.name, args_json=event.args_json)
         )
     if isinstance(event, FileChunkEvent):
-        return pb.ExecuteResponse(file_chunk=pb.FileChunk(name=event.name, data=event.data, eof=event.eof))
+        return pb.ExecuteResponse(
+            file_chunk=pb.FileChunk(name=event.name, data=event.data, eof=event.eof)
+        )
     if isinstance(event, Started):
         return pb.ExecuteResponse(
             started=pb.ExecutionStarted(
@@ -79,8 +83,10 @@ def result_to_proto(result: Result) -> pb.ExecutionResult:
         logs=result.logs,
         exit_code=result.exit_code,
         error=result.error,
-        files=[pb.File(name=f.name, mime=f.mime, size=f.size, data=f.data or b"") for f in result.files],
-        status=int(result.status),
+        files=[
+            pb.File(name=f.name, mime=f.mime, size=f.size, data=f.data or b"") for f in result.files
+        ],
+        status=pb.ExecutionResult.Status.Value(result.status.name),
         duration=_duration(result.duration),
         logs_truncated=result.logs_truncated,
     )
@@ -90,17 +96,21 @@ class SandboxService(pb_grpc.SandboxServicer):
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
 
-    async def Execute(  # noqa: N802 - the generated servicer's name
+    async def Execute(
         self, request_iterator: AsyncIterator[pb.ExecuteRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteResponse]:
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         if first is None or first.WhichOneof("kind") != "start":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `start`")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `start`"
+            )
+            return
         try:
             execution = self._sandbox.open(spec_from_proto(first.start))
         except RequestError as exc:
             await context.abort(GRPC_CODES[exc.code], exc.message)
+            return
         async with execution:
             feeder = asyncio.create_task(self._feed(requests, execution))
             try:
@@ -135,7 +145,7 @@ class SandboxService(pb_grpc.SandboxServicer):
         except grpc.aio.AioRpcError:
             execution.cancel()
 
-    async def DeleteWorkspace(  # noqa: N802
+    async def DeleteWorkspace(
         self, request: pb.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteWorkspaceResponse:
         try:
@@ -144,13 +154,15 @@ class SandboxService(pb_grpc.SandboxServicer):
             await context.abort(GRPC_CODES[exc.code], exc.message)
         return pb.DeleteWorkspaceResponse(deleted=deleted)
 
-    async def GetInfo(  # noqa: N802
+    async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetInfoResponse:
         info = self._sandbox.info()
         config = info.config
         return pb.GetInfoResponse(
-            runtimes=[pb.GetInfoResponse.Runtime(name=n, version=v) for n, v in info.runtimes.items()],
+            runtimes=[
+                pb.GetInfoResponse.Runtime(name=n, version=v) for n, v in info.runtimes.items()
+            ],
             limits=pb.GetInfoResponse.Limits(
                 max_concurrent=config.max_concurrent,
                 default_timeout=_duration(config.default_timeout),

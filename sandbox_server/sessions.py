@@ -130,7 +130,11 @@ class Workspaces:
         for name in list(self._sessions):
             # Checked again for each one: a lease may begin while we await a removal.
             session = self._sessions.get(name)
-            if session is None or session.active or time.monotonic() - session.last_used < self._ttl:
+            if (
+                session is None
+                or session.active
+                or time.monotonic() - session.last_used < self._ttl
+            ):
                 continue
             del self._sessions[name]
             await self._discard(session.path)

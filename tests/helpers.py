@@ -19,7 +19,7 @@ from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 async def eventually(
     check: Callable[[], object],
     *,
-    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    timeout: float = 10.0,
     interval: float = 0.05,
     what: str = "condition",
 ) -> Any:

@@ -61,7 +61,8 @@ class SandboxClient:
         files: list[pb.File] | None = None,
         after_start: list[pb.ExecuteRequest] | None = None,
         env: dict[str, str] | None = None,
-        on_response: Callable[[pb.ExecuteResponse, asyncio.Queue[pb.ExecuteRequest | None]], Any] | None = None,
+        on_response: Callable[[pb.ExecuteResponse, asyncio.Queue[pb.ExecuteRequest | None]], Any]
+        | None = None,
     ) -> Outcome:
         """Run code to its result; tools answer concurrently, as a real client would."""
         start = pb.StartExecution(code=code, runtime=runtime, session_id=session_id, env=env or {})
@@ -90,7 +91,9 @@ class SandboxClient:
                         await maybe
                 if kind == "tool_call":
                     outcome.tool_calls.append(response.tool_call)
-                    task = asyncio.create_task(self._answer(response.tool_call, tools or {}, outgoing))
+                    task = asyncio.create_task(
+                        self._answer(response.tool_call, tools or {}, outgoing)
+                    )
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 elif kind == "file_chunk":
@@ -107,7 +110,9 @@ class SandboxClient:
 
     @staticmethod
     async def _answer(
-        call: pb.ToolCall, tools: dict[str, Callable[..., Any]], outgoing: asyncio.Queue[pb.ExecuteRequest | None]
+        call: pb.ToolCall,
+        tools: dict[str, Callable[..., Any]],
+        outgoing: asyncio.Queue[pb.ExecuteRequest | None],
     ) -> None:
         args = json.loads(call.args_json)
         try:

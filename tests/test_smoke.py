@@ -10,8 +10,14 @@ from .sandbox_client import SandboxClient
 @pytest.mark.parametrize(
     ("runtime", "code"),
     [
-        ("python", "r = call_tool('add', {'a': 2, 'b': 3})\nprint('sum', r)\nset_result({'sum': r})"),
-        ("node", "const r = await callTool('add', {a: 2, b: 3});\nconsole.log('sum', r);\nsetResult({sum: r});"),
+        (
+            "python",
+            "r = call_tool('add', {'a': 2, 'b': 3})\nprint('sum', r)\nset_result({'sum': r})",
+        ),
+        (
+            "node",
+            "const r = await callTool('add', {a: 2, b: 3});\nconsole.log('sum', r);\nsetResult({sum: r});",
+        ),
     ],
 )
 async def test_tool_call_round_trip(client: SandboxClient, runtime: str, code: str) -> None:

@@ -23,8 +23,12 @@ PRELUDES = Path(__file__).with_name("preludes")
 # Where a session's own packages live, inside its workspace.
 PACKAGES_DIR = ".oasis"
 
-_PYTHON_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(\[[A-Za-z0-9._,\-]+\])?([=<>!~]{1,3}[A-Za-z0-9.*+!\-,=<>~]*)?$")
-_NODE_PACKAGE = re.compile(r"^(@[a-z0-9][a-z0-9._\-~]*/)?[a-z0-9][a-z0-9._\-~]*(@[A-Za-z0-9.^~<>=*+\-]+)?$")
+_PYTHON_PACKAGE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._\-]*(\[[A-Za-z0-9._,\-]+\])?([=<>!~]{1,3}[A-Za-z0-9.*+!\-,=<>~]*)?$"
+)
+_NODE_PACKAGE = re.compile(
+    r"^(@[a-z0-9][a-z0-9._\-~]*/)?[a-z0-9][a-z0-9._\-~]*(@[A-Za-z0-9.^~<>=*+\-]+)?$"
+)
 
 
 class RuntimeUnavailable(Exception):
@@ -48,7 +52,11 @@ class Runtime:
     def start_message(self, code: str, workspace: Path, execution_id: str) -> dict[str, object]:
         packages = workspace / PACKAGES_DIR
         if self.name == "python":
-            return {"type": "start", "code": code, "sys_path": [str(packages / "python"), *self.site_paths]}
+            return {
+                "type": "start",
+                "code": code,
+                "sys_path": [str(packages / "python"), *self.site_paths],
+            }
         return {"type": "start", "code": code, "module": str(packages / f"run-{execution_id}.mjs")}
 
     def install_argv(self, package: str, workspace: Path, config: Config) -> list[str]:
@@ -75,11 +83,15 @@ def _run(argv: list[str]) -> str:
 
 def probe_python(python_bin: str) -> Runtime:
     info = json.loads(
-        _run([
-            python_bin, "-I", "-c",
-            "import json, sys, sysconfig; print(json.dumps({'version': sys.version.split()[0],"
-            " 'prefix': sys.prefix, 'paths': [p for p in sys.path if p]}))",
-        ])
+        _run(
+            [
+                python_bin,
+                "-I",
+                "-c",
+                "import json, sys, sysconfig; print(json.dumps({'version': sys.version.split()[0],"
+                " 'prefix': sys.prefix, 'paths': [p for p in sys.path if p]}))",
+            ]
+        )
     )
     env = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     # A font cache prepared by `make install` saves seconds on the first plot.
@@ -96,8 +108,15 @@ def probe_python(python_bin: str) -> Runtime:
         path_dirs=(str(Path(python_bin).parent),),
         site_paths=tuple(info["paths"]),
         install_base=(
-            python_bin, "-m", "pip", "install", "--quiet", "--no-input", "--no-cache-dir",
-            "--disable-pip-version-check", "--no-warn-script-location",
+            python_bin,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-input",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
         ),
     )
 
@@ -107,7 +126,14 @@ def probe_node(node_bin: str) -> Runtime:
     npm = shutil.which("npm", path=str(Path(node_bin).parent)) or shutil.which("npm")
     install_base: tuple[str, ...] = ()
     if npm:
-        install_base = (npm, "install", "--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error")
+        install_base = (
+            npm,
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-update-notifier",
+            "--loglevel=error",
+        )
         # `--prefix` (the session's folder) would also move npm's global config
         # to PREFIX/etc/npmrc: keep reading the machine's own (CA file, registry).
         with contextlib.suppress(RuntimeUnavailable):

@@ -48,7 +48,9 @@ class _Replies:
             call_id = str(self._next_id)
             self._waiting[call_id] = [threading.Event(), None]
             if self._thread is None:
-                self._thread = threading.Thread(target=self._read, name="oasis-channel", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._read, name="oasis-channel", daemon=True
+                )
                 self._thread.start()
             return call_id
 
@@ -157,7 +159,9 @@ def set_result(data, files=None):
     """Return `data` (JSON-serializable) and optionally workspace files to the caller."""
     if files is None:
         files = []
-    if isinstance(files, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
+    if isinstance(files, (str, os.PathLike)) or not all(
+        isinstance(f, (str, os.PathLike)) for f in files
+    ):
         raise TypeError("set_result: files must be a list of file names")
     _send({"type": "result", "output": _to_json(data), "files": [os.fspath(f) for f in files]})
 
