@@ -11,7 +11,7 @@ from oasis import demo as demo_command
 
 from . import config as config_module
 from . import exec_command
-from .launcher import BuildError
+from .launcher import BuildError, IsolationUnavailable
 from .runtimes import RuntimeUnavailable
 from .server import serve
 
@@ -37,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = config_module.load()
             asyncio.run(serve(config))
-        except (config_module.ConfigError, BuildError, RuntimeUnavailable, OSError) as exc:
+        except (
+            config_module.ConfigError,
+            BuildError,
+            IsolationUnavailable,
+            RuntimeUnavailable,
+            OSError,
+        ) as exc:
             print(f"oasis-sandbox: {exc}", file=sys.stderr)
             return 2
     return 0

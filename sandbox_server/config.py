@@ -11,8 +11,10 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .isolation import Level, Limits
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -48,6 +50,21 @@ class Config:
     """Seconds running executions get to finish on SIGTERM before they are killed."""
     pip_index_url: str | None = None
     npm_registry: str | None = None
+    isolation: Level = Level.NAMESPACES
+    """The weakest isolation level the server accepts; it fails closed below it."""
+    allow_insecure: bool = False
+    """SANDBOX_ALLOW_INSECURE=1: permit isolation level `none` (development only)."""
+    network: bool = True
+    """SANDBOX_NETWORK=host (True) or none (False, the code gets only loopback)."""
+    limits: Limits = field(default_factory=Limits)
+    max_code_size: int = 1 * MIB
+    max_input_files: int = 100
+    auth_token: str | None = None
+    """SANDBOX_AUTH_TOKEN: clients must send `authorization: Bearer <token>`."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """With a CA, clients must present a certificate it signed (mutual TLS)."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -106,6 +123,61 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     if default_timeout > max_timeout:
         raise ConfigError("SANDBOX_DEFAULT_TIMEOUT: must not exceed SANDBOX_MAX_TIMEOUT")
 
+    max_output = parsed("SANDBOX_MAX_OUTPUT", parse_size, minimum=1, default=512 * KIB)
+    max_result = parsed("SANDBOX_MAX_RESULT", parse_size, minimum=1, default=2 * MIB)
+    if max_output + max_result > 3 * MIB:
+        # Both travel in the final result message, which must stay under 4 MiB.
+        raise ConfigError(
+            "SANDBOX_MAX_OUTPUT + SANDBOX_MAX_RESULT: together they must not exceed 3MiB"
+        )
+
+    isolation = parsed("SANDBOX_ISOLATION", Level.parse, default=Level.NAMESPACES)
+    allow_insecure = _flag("SANDBOX_ALLOW_INSECURE", get("SANDBOX_ALLOW_INSECURE"))
+    if isolation is Level.NONE and not allow_insecure:
+        raise ConfigError(
+            "SANDBOX_ISOLATION: `none` runs untrusted code with the server's own rights; "
+            "it is for development only and needs SANDBOX_ALLOW_INSECURE=1"
+        )
+    network = (get("SANDBOX_NETWORK") or "host").lower()
+    if network not in ("host", "none"):
+        raise ConfigError(f"SANDBOX_NETWORK: {network!r} is not `host` or `none`")
+
+    limits = Limits(
+        cpu_time=parsed("SANDBOX_CPU_TIME", parse_duration, minimum=1, default=Limits.cpu_time),
+        memory=parsed("SANDBOX_MEMORY", parse_size, minimum=64 * MIB, default=Limits.memory),
+        processes=parsed(
+            "SANDBOX_MAX_PROCESSES", positive_int, minimum=8, default=Limits.processes
+        ),
+        open_files=parsed(
+            "SANDBOX_MAX_OPEN_FILES", positive_int, minimum=64, default=Limits.open_files
+        ),
+        file_size=parsed(
+            "SANDBOX_MAX_FILE_SIZE", parse_size, minimum=MIB, default=Limits.file_size
+        ),
+        workspace_size=parsed(
+            "SANDBOX_WORKSPACE_SIZE", parse_size, minimum=MIB, default=Limits.workspace_size
+        ),
+        workspace_files=parsed(
+            "SANDBOX_WORKSPACE_FILES", positive_int, minimum=100, default=Limits.workspace_files
+        ),
+        tmp_size=parsed("SANDBOX_TMP_SIZE", parse_size, minimum=MIB, default=Limits.tmp_size),
+        output_files=parsed(
+            "SANDBOX_MAX_OUTPUT_FILES", positive_int, minimum=1, default=Limits.output_files
+        ),
+        output_size=parsed(
+            "SANDBOX_MAX_OUTPUT_SIZE", parse_size, minimum=1, default=Limits.output_size
+        ),
+    )
+    tls_cert, tls_key = (
+        _file("SANDBOX_TLS_CERT", get("SANDBOX_TLS_CERT")),
+        _file("SANDBOX_TLS_KEY", get("SANDBOX_TLS_KEY")),
+    )
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("SANDBOX_TLS_CERT and SANDBOX_TLS_KEY: set both or neither")
+    tls_client_ca = _file("SANDBOX_TLS_CLIENT_CA", get("SANDBOX_TLS_CLIENT_CA"))
+    if tls_client_ca is not None and tls_cert is None:
+        raise ConfigError("SANDBOX_TLS_CLIENT_CA: needs SANDBOX_TLS_CERT and SANDBOX_TLS_KEY")
+
     return Config(
         grpc_addr=grpc_addr,
         http_addr=http_addr,
@@ -114,14 +186,41 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         node_bin=_node_bin(get("SANDBOX_NODE_BIN")),
         max_concurrent=parsed("SANDBOX_MAX_CONCURRENT", positive_int, minimum=1, default=4),
         session_ttl=parsed("SANDBOX_SESSION_TTL", parse_duration, minimum=0.001, default=3600.0),
-        max_output=parsed("SANDBOX_MAX_OUTPUT", parse_size, minimum=1, default=512 * KIB),
-        max_result=parsed("SANDBOX_MAX_RESULT", parse_size, minimum=1, default=2 * MIB),
+        max_output=max_output,
+        max_result=max_result,
         default_timeout=default_timeout,
         max_timeout=max_timeout,
         shutdown_grace=parsed("SANDBOX_SHUTDOWN_GRACE", parse_duration, default=10.0),
         pip_index_url=get("SANDBOX_PIP_INDEX_URL"),
         npm_registry=get("SANDBOX_NPM_REGISTRY"),
+        isolation=isolation,
+        allow_insecure=allow_insecure,
+        network=network == "host",
+        limits=limits,
+        max_code_size=parsed("SANDBOX_MAX_CODE_SIZE", parse_size, minimum=1, default=1 * MIB),
+        max_input_files=parsed("SANDBOX_MAX_INPUT_FILES", positive_int, minimum=1, default=100),
+        auth_token=get("SANDBOX_AUTH_TOKEN"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
+
+
+def _flag(name: str, value: str | None) -> bool:
+    if value is None or value.lower() in ("0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name}: {value!r} is not 1 or 0")
+
+
+def _file(name: str, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(f"{name}: {value!r} is not a readable file")
+    return path
 
 
 def _address(name: str, value: str) -> str:
@@ -132,7 +231,11 @@ def _address(name: str, value: str) -> str:
     return value
 
 
-def _workspace_root(value: str | None) -> Path:
+def default_workspaces() -> tuple[Path, ...]:
+    return (Path("/var/sandbox"), Path(tempfile.gettempdir()) / "oasis-sandbox")
+
+
+def _workspace_root(value: str | None, candidates: tuple[Path, ...] | None = None) -> Path:
     if value is not None:
         path = Path(value).absolute()
         try:
@@ -140,7 +243,7 @@ def _workspace_root(value: str | None) -> Path:
         except OSError as exc:
             raise ConfigError(f"SANDBOX_WORKSPACE: cannot create {path}: {exc.strerror}") from None
         return path
-    for candidate in (Path("/var/sandbox"), Path(tempfile.gettempdir()) / "oasis-sandbox"):
+    for candidate in candidates or default_workspaces():
         try:
             candidate.mkdir(parents=True, exist_ok=True, mode=0o711)
         except OSError:

@@ -16,14 +16,14 @@ from . import __version__, safefs
 from .config import Config
 from .errors import Code, RequestError, invalid
 from .execution import Execution
+from .isolation import Level, Policy, readable_roots
 from .launcher import Launcher
 from .model import ExecutionSpec, Status
-from .runtimes import Runtime, probe_all
+from .runtimes import PRELUDES, Runtime, probe_all
 from .sessions import Workspaces, check_session_id
 
 log = logging.getLogger(__name__)
 
-MAX_CODE_BYTES = 1024 * 1024
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -55,10 +55,16 @@ class Sandbox:
 
     @classmethod
     async def start(cls, config: Config) -> Sandbox:
+        """Probe runtimes and isolation; IsolationUnavailable when below SANDBOX_ISOLATION."""
         runtimes = await asyncio.to_thread(probe_all, config)
-        launcher = await asyncio.to_thread(Launcher.create, config.workspace_root / "bin")
-        workspaces = Workspaces(config.workspace_root, ttl=config.session_ttl)
+        workspaces = Workspaces(config.workspace_root, ttl=config.session_ttl, limits=config.limits)
         await workspaces.start()
+        try:
+            launcher = await asyncio.to_thread(_create_launcher, config, runtimes, workspaces.quota)
+        except BaseException:
+            await workspaces.close()
+            raise
+        workspaces.per_session_uid = launcher.level >= Level.UID
         return cls(config, runtimes, launcher, workspaces)
 
     async def close(self) -> None:
@@ -66,9 +72,7 @@ class Sandbox:
 
     @property
     def isolation(self) -> str:
-        # Issue-level isolation (per-session uids, namespaces, seccomp) is not
-        # in place yet: a pid namespace alone only contains the process tree.
-        return "none"
+        return self._launcher.level.label
 
     def info(self) -> Info:
         return Info(
@@ -114,8 +118,15 @@ class Sandbox:
     def _validate(self, spec: ExecutionSpec) -> Runtime:
         if not spec.code.strip():
             raise invalid("code is empty")
-        if len(spec.code.encode()) > MAX_CODE_BYTES:
-            raise invalid(f"code is larger than {MAX_CODE_BYTES} bytes")
+        if len(spec.code.encode()) > self.config.max_code_size:
+            raise invalid(
+                f"code is larger than {self.config.max_code_size} bytes (SANDBOX_MAX_CODE_SIZE)"
+            )
+        if len(spec.files) > self.config.max_input_files:
+            raise invalid(
+                f"{len(spec.files)} input files; at most {self.config.max_input_files} are accepted "
+                "(SANDBOX_MAX_INPUT_FILES)"
+            )
         runtime = self.runtimes.get(spec.runtime or "python")
         if runtime is None:
             raise invalid(
@@ -166,3 +177,27 @@ class Sandbox:
                 await asyncio.wait_for(self._idle.wait(), 5.0)
             except TimeoutError:
                 log.warning("%d executions did not stop in time", len(self._running))
+
+
+def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) -> Launcher:
+    readable = [str(PRELUDES)]
+    for runtime in runtimes.values():
+        readable += runtime.readable
+    policy = Policy(
+        level=config.isolation,
+        pid_namespace=True,
+        limits=config.limits,
+        network=config.network,
+        readable=readable_roots(readable),
+    )
+    python = runtimes["python"]
+    probe = [python.argv[0], "-I", "-S", "-c", f"open({python.argv[-1]!r}).close()"]
+    # `namespaces` promises a size-capped workspace: without tmpfs mounts, `uid` is the best.
+    strongest = Level.NAMESPACES if quota else Level.UID
+    return Launcher.create(
+        config.workspace_root / "bin",
+        policy,
+        minimum=config.isolation,
+        probe_argv=probe,
+        strongest=strongest,
+    )

@@ -26,6 +26,7 @@ from typing import Any
 from . import safefs
 from .config import MIB, Config
 from .errors import RequestError, invalid
+from .isolation import describe_size, limit_hint
 from .launcher import Launcher, LaunchSpec, Process
 from .logs import LogCollector
 from .mime import guess_mime
@@ -54,7 +55,6 @@ MAX_MESSAGE = 4 * MIB
 """No message in either direction may exceed this: stock gRPC clients' default limit."""
 MAX_ERROR = 64 * 1024
 """Bytes of a result's `error` kept (start and end): plenty for any useful traceback."""
-MAX_OUTPUT_FILES = 100
 _MESSAGE_MARGIN = 64 * 1024
 _FILE_ENTRY = 256
 """Room a File entry takes in the result besides its name and data."""
@@ -100,6 +100,7 @@ class Execution:
         self._uploads_done = asyncio.Event()
         self._workspace: Path | None = None
         self._workspace_ready = asyncio.Event()
+        self._uid: int | None = None
         self._calls: dict[str, str] = {}  # client call id -> prelude reply id
         self._channel: asyncio.StreamWriter | None = None
         self._closed = False
@@ -136,7 +137,9 @@ class Execution:
             await self._workspace_ready.wait()
             assert self._workspace is not None
             try:
-                writer = await asyncio.to_thread(safefs.AtomicWriter, self._workspace, name)
+                writer = await asyncio.to_thread(
+                    safefs.AtomicWriter, self._workspace, name, owner=self._uid
+                )
             except safefs.UnsafePath as exc:
                 raise invalid(f"input file: {exc}") from None
             self._writers[name] = writer
@@ -198,13 +201,13 @@ class Execution:
 
     async def _run(self) -> None:
         try:
-            async with self._workspaces.lease(self.spec.session_id, self.execution_id) as workspace:
+            async with self._workspaces.lease(self.spec.session_id, self.execution_id) as lease:
                 await self._events.put(
                     Started(self.execution_id, self.spec.session_id, self._runtime.name)
                 )
-                self._workspace = workspace
+                self._workspace, self._uid = lease.path, lease.uid
                 self._workspace_ready.set()
-                result = await self._prepare_and_execute(workspace)
+                result = await self._prepare_and_execute(lease.path)
                 if result is not None and self._abort is None:
                     await self._events.put(result)
         except RequestError as exc:
@@ -223,7 +226,9 @@ class Execution:
         try:
             for file in self.spec.files:
                 if not file.chunked:
-                    await asyncio.to_thread(safefs.write_file, workspace, file.name, file.data)
+                    await asyncio.to_thread(
+                        safefs.write_file, workspace, file.name, file.data, owner=self._uid
+                    )
         except safefs.UnsafePath as exc:
             raise invalid(f"input file: {exc}") from None
         if self._uploads:
@@ -295,6 +300,10 @@ class _Run:
         # has no other way to stop a socket fd from leaking into children).
         to_code, to_server = os.pipe(), os.pipe()
         theirs = (to_code[0], to_server[1])
+        if ex._uid is not None:
+            # Reopening through /proc checks the pipe's owner: make it the session's.
+            for fd in theirs:
+                os.fchown(fd, ex._uid, ex._uid)
         try:
             process = await ex._launcher.start(
                 LaunchSpec(
@@ -302,6 +311,8 @@ class _Run:
                     cwd=self.workspace,
                     env=self._env(),
                     pass_fds=theirs,
+                    uid=ex._uid,
+                    memory=ex._runtime.address_space,
                 )
             )
         except BaseException:
@@ -333,6 +344,9 @@ class _Run:
             writer.close()
             read_transport.close()
             ex._channel = None
+            if ex._uid is not None and not ex.spec.session_id:
+                # A scratch uid is never used again: nothing of it may outlive the run.
+                await ex._launcher.kill_uid(ex._uid)
         return await self._result(process.returncode, timed_out)
 
     async def _wait(self, process: Process, deadline: float) -> bool:
@@ -442,7 +456,11 @@ class _Run:
     async def _run_installer(self, argv: list[str]) -> str:
         env = self._env()
         env["npm_config_cache"] = str(self.workspace / ".oasis" / "npm-cache")
-        process = await self.ex._launcher.start(LaunchSpec(argv=argv, cwd=self.workspace, env=env))
+        # The installer runs as the session, with the network even under
+        # SANDBOX_NETWORK=none: it fetches from the configured index only.
+        process = await self.ex._launcher.start(
+            LaunchSpec(argv=argv, cwd=self.workspace, env=env, uid=self.ex._uid, network=True)
+        )
         try:
             out, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
             code = await process.wait()
@@ -470,6 +488,11 @@ class _Run:
             )
             status, code = Status.KILLED, 128 - code
             error = f"the process was killed by signal {name}"
+            hint = limit_hint(
+                self.logs.stderr_tail.decode(errors="replace"), ex._config.limits, signal_name=name
+            )
+            if hint:
+                error = f"{hint}; {error}"
         elif code != 0:
             status = Status.ERROR
             error = self.traceback or f"the code exited with code {code}"
@@ -479,6 +502,12 @@ class _Run:
         else:
             status = Status.ERROR if self.traceback else Status.OK
             error = self.traceback
+        if status is Status.ERROR and (
+            hint := limit_hint(
+                error + self.logs.stderr_tail.decode(errors="replace"), ex._config.limits
+            )
+        ):
+            error = f"{hint}\n{error}"
         logs = self.logs.text()
         files: list[OutputFile] = []
         if self.output_files and status is not Status.CANCELLED:
@@ -511,11 +540,14 @@ class _Run:
         files: list[OutputFile] = []
         problems: list[str] = []
         requested = list(dict.fromkeys(self.output_files))
-        if len(requested) > MAX_OUTPUT_FILES:
+        limits = self.ex._config.limits
+        if len(requested) > limits.output_files:
             problems.append(
-                f"{len(requested)} output files were listed; only the first {MAX_OUTPUT_FILES} are returned"
+                f"{len(requested)} output files were listed; only the first {limits.output_files} "
+                "are returned (SANDBOX_MAX_OUTPUT_FILES)"
             )
-            del requested[MAX_OUTPUT_FILES:]
+            del requested[limits.output_files :]
+        total_left = limits.output_size
         for wanted in requested:
             try:
                 name = safefs.to_workspace_name(self.workspace, wanted)
@@ -523,6 +555,14 @@ class _Run:
             except safefs.UnsafePath as exc:
                 problems.append(f"output file not returned: {exc}")
                 continue
+            if size > total_left:
+                os.close(fd)
+                problems.append(
+                    f"output file not returned: {name!r} is {size} bytes and the returned files may "
+                    f"total at most {describe_size(limits.output_size)} (SANDBOX_MAX_OUTPUT_SIZE)"
+                )
+                continue
+            total_left -= size
             room -= len(name.encode()) + _FILE_ENTRY
             # Wraps an fd that is already open: nothing here blocks.
             with open(fd, "rb", closefd=True) as handle:  # noqa: ASYNC230

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import IO, Any
 import aiohttp
 from aiohttp import web
 
+from .auth import token_matches
 from .config import MIB, Config
 from .core import Sandbox
 from .errors import Code, RequestError, invalid
@@ -58,6 +60,11 @@ HTTP_STATUS = {
     Code.RESOURCE_EXHAUSTED: 503,
     Code.UNAVAILABLE: 503,
 }
+
+MAX_JSON_DEPTH = 64
+"""Deeper JSON is refused before parsing: json.loads would recurse once per level."""
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,7 +91,10 @@ class Facade:
         self.port = 0
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
+        middlewares: list[Any] = [_json_errors]
+        if self._config.auth_token:
+            middlewares.append(_bearer_token(self._config.auth_token))
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
         app.router.add_post("/execute", self._execute)
         app.router.add_get("/health", self._health)
         app.router.add_delete("/workspace/{session_id}", self._delete_workspace)
@@ -201,6 +211,22 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(404, f"no such endpoint: {request.method} {request.path}")
 
 
+def _bearer_token(token: str) -> Any:
+    """Everything but GET /health needs `Authorization: Bearer <token>` (SANDBOX_AUTH_TOKEN)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/health" or token_matches(request.headers.get("Authorization"), token):
+            return await handler(request)
+        return _error(
+            401,
+            "missing or wrong bearer token: send `Authorization: Bearer <SANDBOX_AUTH_TOKEN>`",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+
+    return check
+
+
 # -- request parsing ------------------------------------------------------------
 
 
@@ -217,6 +243,11 @@ def parse_execute(body: bytes) -> ExecuteRequest:
     Only the JSON shape and base64 are checked here: code, runtime, session id
     and file names are validated by the core, like for gRPC.
     """
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise invalid(
+            f"invalid JSON: nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted"
+        )
     try:
         value = json.loads(body)
     except ValueError as exc:
@@ -380,7 +411,21 @@ async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def json_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest, found without recursion (json.loads recurses)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub(b'""', body)):
+        if bracket in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _json_object(body: bytes) -> dict[str, Any] | None:
+    if json_depth(body) > MAX_JSON_DEPTH:
+        return None
     try:
         value = json.loads(body)
     except ValueError:

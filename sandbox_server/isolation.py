@@ -61,32 +61,33 @@ class Limits:
     """Total bytes of the files one set_result may return."""
 
 
+UID_BASE = 1_000_000_000
+"""Session uids start here: far above any user a host or a container assigns."""
+UID_COUNT = 1_000_000
+
+
 @dataclass(frozen=True, kw_only=True)
-class Sandboxing:
-    """How to wrap one process: turned into oasis-init arguments."""
+class Policy:
+    """How every process of an execution is wrapped: the oasis-init arguments."""
 
     level: Level
+    pid_namespace: bool
     limits: Limits
     network: bool
-    readable: tuple[str, ...]
-    """Host folders the code needs to read (runtimes, preludes)."""
+    """The default for code: host network (True) or loopback only (False)."""
+    readable: tuple[str, ...] = ()
+    """Host folders the code needs to read (runtimes, preludes), bound read-only."""
 
     def init_args(
-        self,
-        *,
-        uid: int | None,
-        workspace: Path,
-        memory_limit: int | None,
-        allow_network: bool | None = None,
+        self, *, uid: int | None, workspace: Path, memory: int | None, network: bool | None
     ) -> list[str]:
-        args: list[str] = ["--pidns"]
-        limits = self.limits
+        args: list[str] = ["--pidns"] if self.pid_namespace else []
         if self.level is Level.NONE:
             return args
-        network = self.network if allow_network is None else allow_network
+        limits = self.limits
         if self.level is Level.NAMESPACES:
             args += ["--ipcns", "--utsns", "--root", "--tmp-size", str(limits.tmp_size)]
-            if not network:
+            if not (self.network if network is None else network):
                 args.append("--netns")
             for path in self.readable:
                 args += ["--ro", path]
@@ -94,19 +95,46 @@ class Sandboxing:
         if uid is not None:
             args += ["--uid", str(uid), "--gid", str(uid)]
         args += [
-            "--rlimit",
-            f"cpu={max(int(limits.cpu_time), 1)}",
-            "--rlimit",
-            f"nproc={limits.processes}",
-            "--rlimit",
-            f"nofile={limits.open_files}",
-            "--rlimit",
-            f"fsize={limits.file_size}",
+            "--rlimit", f"cpu={max(int(limits.cpu_time), 1)}",
+            "--rlimit", f"nproc={limits.processes}",
+            "--rlimit", f"nofile={limits.open_files}",
+            "--rlimit", f"fsize={limits.file_size}",
             "--seccomp",
-        ]
-        if memory_limit is not None:
-            args += ["--rlimit", f"as={memory_limit}"]
+        ]  # fmt: skip
+        if memory is not None:
+            args += ["--rlimit", f"as={memory}"]
         return args
+
+
+def describe_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % (factor // 8) == 0:
+            return f"{size / factor:g} {unit}"
+    return f"{size} bytes"
+
+
+def limit_hint(text: str, limits: Limits, *, signal_name: str | None = None) -> str | None:
+    """Name the limit a failure ran into, from the signal or the error text."""
+    if signal_name == "SIGXCPU":
+        return f"CPU time limit of {limits.cpu_time:g} s exceeded"
+    if signal_name == "SIGXFSZ" or "File too large" in text:
+        return f"file size limit of {describe_size(limits.file_size)} exceeded"
+    if "MemoryError" in text or "out of memory" in text or "Reached heap limit" in text:
+        return f"memory limit of {describe_size(limits.memory)} exceeded"
+    if "No space left on device" in text or "ENOSPC" in text:
+        return (
+            f"workspace quota exceeded (at most {describe_size(limits.workspace_size)} and "
+            f"{limits.workspace_files} files per session, {describe_size(limits.tmp_size)} in /tmp)"
+        )
+    if "Too many open files" in text or "EMFILE" in text:
+        return f"open file limit of {limits.open_files} reached"
+    if (
+        "can't start new thread" in text
+        or "Resource temporarily unavailable" in text
+        or "EAGAIN" in text
+    ):
+        return f"process and thread limit of {limits.processes} per session reached"
+    return None
 
 
 def readable_roots(paths: list[str]) -> tuple[str, ...]:

@@ -46,8 +46,11 @@ def split_name(name: str) -> list[str]:
     return parts
 
 
-def _open_parent(root_fd: int, parts: list[str], *, create: bool) -> int:
-    """Open the directory holding parts[-1], never following a link on the way."""
+def _open_parent(root_fd: int, parts: list[str], *, create: bool, owner: int | None = None) -> int:
+    """Open the directory holding parts[-1], never following a link on the way.
+
+    Folders it creates are given to `owner` (the session uid), like the file.
+    """
     fd = os.dup(root_fd)
     try:
         for part in parts[:-1]:
@@ -58,6 +61,8 @@ def _open_parent(root_fd: int, parts: list[str], *, create: bool) -> int:
                     raise UnsafePath(f"folder {part!r} does not exist") from None
                 os.mkdir(part, 0o755, dir_fd=fd)
                 next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if owner is not None:
+                    os.fchown(next_fd, owner, owner)
             except (NotADirectoryError, OSError) as exc:
                 raise UnsafePath(
                     f"{part!r} is not a plain folder (a link or a file): {exc.strerror}"
@@ -73,16 +78,18 @@ def _open_parent(root_fd: int, parts: list[str], *, create: bool) -> int:
 class AtomicWriter:
     """Writes one workspace file through a fresh temp file renamed into place."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, *, owner: int | None = None) -> None:
         self.name = name
         self._parts = split_name(name)
         root_fd = os.open(root, _DIR_FLAGS)
         try:
-            self._dir_fd = _open_parent(root_fd, self._parts, create=True)
+            self._dir_fd = _open_parent(root_fd, self._parts, create=True, owner=owner)
         finally:
             os.close(root_fd)
         self._temp = f".oasis-upload-{secrets.token_hex(8)}"
         self._fd = os.open(self._temp, _CREATE_FLAGS, 0o644, dir_fd=self._dir_fd)
+        if owner is not None:
+            os.fchown(self._fd, owner, owner)
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -114,8 +121,8 @@ class AtomicWriter:
             self._dir_fd = -1
 
 
-def write_file(root: Path, name: str, data: bytes) -> None:
-    writer = AtomicWriter(root, name)
+def write_file(root: Path, name: str, data: bytes, *, owner: int | None = None) -> None:
+    writer = AtomicWriter(root, name, owner=owner)
     try:
         writer.write(data)
     except BaseException:

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
+from .auth import TokenInterceptor
 from .config import Config
 from .core import Sandbox
 from .facade import Facade
@@ -49,11 +50,14 @@ class SandboxServer:
 
     async def start(self) -> None:
         self.sandbox = await Sandbox.start(self.config)
+        config = self.config
+        interceptors = [TokenInterceptor(config.auth_token)] if config.auth_token else []
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE + 64 * 1024),
                 ("grpc.max_send_message_length", MAX_MESSAGE + 64 * 1024),
-            ]
+            ],
         )
         sandbox_pb2_grpc.add_SandboxServicer_to_server(SandboxService(self.sandbox), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -65,7 +69,16 @@ class SandboxServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(self.config.grpc_addr)
+        if config.tls_cert and config.tls_key:
+            client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            self.port = server.add_secure_port(config.grpc_addr, credentials)
+        else:
+            self.port = server.add_insecure_port(config.grpc_addr)
         if self.port == 0:
             raise OSError(f"SANDBOX_GRPC_ADDR: cannot listen on {self.config.grpc_addr}")
         await server.start()

@@ -159,6 +159,7 @@ class SandboxService(pb_grpc.SandboxServicer):
     ) -> pb.GetInfoResponse:
         info = self._sandbox.info()
         config = info.config
+        limits = config.limits
         return pb.GetInfoResponse(
             runtimes=[
                 pb.GetInfoResponse.Runtime(name=n, version=v) for n, v in info.runtimes.items()
@@ -170,7 +171,20 @@ class SandboxService(pb_grpc.SandboxServicer):
                 max_output=config.max_output,
                 max_result=config.max_result,
                 session_ttl=_duration(config.session_ttl),
+                cpu_time=_duration(limits.cpu_time),
+                memory=limits.memory,
+                max_processes=limits.processes,
+                max_open_files=limits.open_files,
+                max_file_size=limits.file_size,
+                workspace_size=limits.workspace_size,
+                workspace_files=limits.workspace_files,
+                tmp_size=limits.tmp_size,
+                max_output_files=limits.output_files,
+                max_output_size=limits.output_size,
+                max_code_size=config.max_code_size,
+                max_input_files=config.max_input_files,
             ),
             isolation=info.isolation,
             server_version=info.version,
+            network="host" if config.network else "none",
         )

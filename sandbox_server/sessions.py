@@ -13,13 +13,16 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import mounts
 from .errors import Code, RequestError, invalid
+from .isolation import UID_BASE, UID_COUNT, Limits
 from .safefs import remove_tree
 
 log = logging.getLogger(__name__)
@@ -35,35 +38,49 @@ def check_session_id(session_id: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Workspace:
+    """A leased workspace: where the code runs and which uid owns it."""
+
+    path: Path
+    uid: int | None
+    """The session's own uid, or None when sessions share the server's (level `none`)."""
+
+
 @dataclass
 class _Session:
-    path: Path
+    workspace: Workspace
     active: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
 
 class Workspaces:
-    """Creates, leases, evicts and deletes workspaces under one root folder."""
+    """Creates, leases, evicts and deletes workspaces under one root folder.
 
-    def __init__(self, root: Path, *, ttl: float) -> None:
+    With `per_session_uid`, every workspace (named or scratch) gets a uid of
+    its own that owns its files; with `quota`, each is a size-capped tmpfs, so
+    one session cannot fill the disk or starve another. Workspaces do not
+    outlive the server: leftovers of an earlier run are removed at start.
+    """
+
+    def __init__(self, root: Path, *, ttl: float, limits: Limits) -> None:
+        self._root = root
         self._sessions_dir = root / "sessions"
         self._scratch_dir = root / "scratch"
         self._trash_dir = root / "trash"
         self._ttl = ttl
+        self._limits = limits
         self._sessions: dict[str, _Session] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._next_uid = 0
+        self.per_session_uid = False
+        self.quota = False
 
     async def start(self) -> None:
         for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o711)
-        # Leftovers of a previous run: scratch and trash are garbage; sessions
-        # are kept and get a fresh TTL.
-        for folder in (self._scratch_dir, self._trash_dir):
-            for entry in os.listdir(folder):
-                await remove_tree(folder / entry)
-        for entry in os.listdir(self._sessions_dir):
-            if SESSION_ID.match(entry):
-                self._sessions[entry] = _Session(self._sessions_dir / entry)
+        await self._remove_leftovers()
+        self.quota = await asyncio.to_thread(self._quota_works)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="workspace-sweeper")
 
     async def close(self) -> None:
@@ -71,26 +88,29 @@ class Workspaces:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        for name in list(self._sessions):
+            session = self._sessions.pop(name)
+            await self._discard(session.workspace.path)
 
     @asynccontextmanager
-    async def lease(self, session_id: str, execution_id: str) -> AsyncIterator[Path]:
+    async def lease(self, session_id: str, execution_id: str) -> AsyncIterator[Workspace]:
         """The workspace for one execution, held for as long as the context is open."""
         if not session_id:
-            path = self._scratch_dir / execution_id
-            path.mkdir(mode=0o755)
+            # The random part keeps two runs with the same client-chosen id apart.
+            workspace = self._create(self._scratch_dir / f"{execution_id}.{secrets.token_hex(4)}")
             try:
-                yield path
+                yield workspace
             finally:
-                await self._discard(path)
+                await self._discard(workspace.path)
             return
         check_session_id(session_id)
         session = self._sessions.get(session_id)
         if session is None:
-            session = self._sessions[session_id] = _Session(self._sessions_dir / session_id)
-        session.path.mkdir(mode=0o755, exist_ok=True)
+            workspace = self._create(self._sessions_dir / session_id)
+            session = self._sessions[session_id] = _Session(workspace)
         session.active += 1
         try:
-            yield session.path
+            yield session.workspace
         finally:
             session.active -= 1
             session.last_used = time.monotonic()
@@ -107,13 +127,52 @@ class Workspaces:
                 f"session {session_id!r} has a running execution; delete it after the execution ends",
             )
         del self._sessions[session_id]
-        await self._discard(session.path)
+        await self._discard(session.workspace.path)
         return True
 
     def is_known(self, session_id: str) -> bool:
         return session_id in self._sessions
 
+    def _create(self, path: Path) -> Workspace:
+        uid = self._allocate_uid() if self.per_session_uid else None
+        path.mkdir(mode=0o700)
+        try:
+            if self.quota:
+                limits = self._limits
+                mounts.mount_tmpfs(
+                    path, size=limits.workspace_size, inodes=limits.workspace_files, uid=uid or 0
+                )
+            elif uid is not None:
+                os.chown(path, uid, uid)
+        except BaseException:
+            path.rmdir()
+            raise
+        return Workspace(path, uid)
+
+    def _allocate_uid(self) -> int:
+        # Never reused while the server runs: no file or process of an earlier
+        # session can be inherited by a later one.
+        uid = UID_BASE + self._next_uid % UID_COUNT
+        self._next_uid += 1
+        return uid
+
+    def _quota_works(self) -> bool:
+        probe = Path(tempfile.mkdtemp(prefix="quota-probe-", dir=self._trash_dir))
+        try:
+            mounts.mount_tmpfs(probe, size=1024 * 1024, inodes=16, uid=0)
+        except OSError as exc:
+            log.warning("workspaces cannot be size-capped tmpfs mounts here: %s", exc)
+            return False
+        finally:
+            mounts.unmount(probe)
+            probe.rmdir()
+        return True
+
     async def _discard(self, path: Path) -> None:
+        if mounts.unmount(path):
+            # A tmpfs: unmounting freed everything, without walking user files.
+            os.rmdir(path)
+            return
         # Rename first so the name is free at once, then delete at leisure.
         trash = self._trash_dir / f"{path.name}.{secrets.token_hex(4)}"
         try:
@@ -124,6 +183,13 @@ class Workspaces:
             await remove_tree(trash)
         except OSError:
             log.exception("could not remove workspace %s", trash)
+
+    async def _remove_leftovers(self) -> None:
+        for mount_point in mounts.mounts_under(self._root):
+            mounts.unmount(mount_point)
+        for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
+            for entry in os.listdir(folder):
+                await remove_tree(folder / entry)
 
     async def evict_idle(self) -> list[str]:
         evicted = []
@@ -137,7 +203,7 @@ class Workspaces:
             ):
                 continue
             del self._sessions[name]
-            await self._discard(session.path)
+            await self._discard(session.workspace.path)
             evicted.append(name)
             log.info("evicted idle session %s", name)
         return evicted

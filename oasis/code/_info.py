@@ -21,6 +21,24 @@ class SandboxLimits:
     """Bytes of the set_result value."""
     session_ttl: float
     """Seconds an idle session's workspace is kept."""
+    cpu_time: float = 0.0
+    """Seconds of CPU time per execution."""
+    memory: int = 0
+    """Bytes of memory per process."""
+    max_processes: int = 0
+    """Processes and threads per session."""
+    max_open_files: int = 0
+    max_file_size: int = 0
+    workspace_size: int = 0
+    """Bytes a session workspace may hold."""
+    workspace_files: int = 0
+    tmp_size: int = 0
+    max_output_files: int = 0
+    """Files one set_result may return."""
+    max_output_size: int = 0
+    """Total bytes of the files one set_result may return."""
+    max_code_size: int = 0
+    max_input_files: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,5 +50,7 @@ class SandboxInfo:
     limits: SandboxLimits
     isolation: str
     """"none", "uid" or "namespaces"."""
+    network: str = ""
+    """"host" or "none": what the code can reach."""
     version: str
     """The server's version."""

@@ -1,9 +1,10 @@
-"""How an execution's process starts and how its whole tree is stopped.
+"""How an execution's process starts, how it is isolated, and how its tree is stopped.
 
 The one narrow seam between the execution logic and the operating system:
-`Launcher.start()` takes a command, a working folder, an environment and the
-channel socket, and returns a `Process`. Warm pools and OS-level isolation
-go behind this interface without touching the rest of the server.
+`Launcher.start()` takes a command, a working folder, an environment, the
+channel fds and the session uid, and returns a `Process`. Every isolation
+step and limit is applied here, by oasis-init, inside the child it forks;
+warm pools go behind the same interface.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..isolation import UID_BASE, Level, Policy
 from .build import BuildError, ensure_init_binary
 
-__all__ = ["BuildError", "LaunchSpec", "Launcher", "Process"]
+__all__ = ["BuildError", "IsolationUnavailable", "LaunchSpec", "Launcher", "Process"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,16 @@ class LaunchSpec:
     cwd: Path
     env: Mapping[str, str]
     pass_fds: Sequence[int] = ()
+    uid: int | None = None
+    """The session's uid (ignored at isolation level `none`)."""
+    network: bool | None = None
+    """Override the policy's network default (installers need the network)."""
+    memory: int | None = None
+    """Address-space limit in bytes, or None."""
+
+
+class IsolationUnavailable(Exception):
+    """The host cannot provide the isolation level the configuration demands."""
 
 
 class Process:
@@ -73,30 +87,73 @@ class Process:
 
 
 class Launcher:
-    """Starts processes under oasis-init, in their own pid namespace when the host allows."""
+    """Starts processes under oasis-init with the isolation the host allows."""
 
-    def __init__(self, init_binary: Path, *, pid_namespace: bool) -> None:
+    def __init__(self, init_binary: Path, policy: Policy) -> None:
         self._init = str(init_binary)
-        self.pid_namespace = pid_namespace
+        self.policy = policy
+
+    @property
+    def level(self) -> Level:
+        return self.policy.level
 
     @classmethod
-    def create(cls, cache_dir: Path) -> Launcher:
+    def create(
+        cls,
+        cache_dir: Path,
+        policy: Policy,
+        *,
+        minimum: Level,
+        probe_argv: Sequence[str],
+        strongest: Level = Level.NAMESPACES,
+    ) -> Launcher:
+        """Find the strongest level that works here; IsolationUnavailable below `minimum`.
+
+        Each level is proven by running `probe_argv` (the Python runtime) under
+        it, as a session uid would, so an unreadable interpreter fails here and
+        not on the first request.
+        """
         init = ensure_init_binary(cache_dir)
-        probe = subprocess.run(
-            [str(init), "--pidns", "--", "/bin/true"], capture_output=True, check=False
+        pidns = _runs([str(init), "--pidns", "--", "/bin/true"]) is None
+        reasons: list[str] = []
+        for level in (Level.NAMESPACES, Level.UID, Level.NONE):
+            candidate = cls(init, replace(policy, level=level, pid_namespace=pidns))
+            if level > strongest:
+                reasons.append(f"{level.label}: workspaces cannot be size-capped here")
+                continue
+            if level is Level.NAMESPACES and not pidns:
+                reasons.append("namespaces: pid namespaces are not available")
+                continue
+            problem = candidate._probe(probe_argv)
+            if problem is None:
+                if level < minimum:
+                    break
+                return candidate
+            reasons.append(f"{level.label}: {problem}")
+        raise IsolationUnavailable(
+            f"SANDBOX_ISOLATION: this host cannot provide isolation level `{minimum.label}` "
+            f"({'; '.join(reasons)}). Run as root with user and mount namespaces allowed "
+            "(see README, Security), or lower SANDBOX_ISOLATION."
         )
-        if probe.returncode != 0:
-            log.warning(
-                "pid namespaces are not available (%s); process trees are tracked by subreaper",
-                probe.stderr.decode(errors="replace").strip(),
-            )
-        return cls(init, pid_namespace=probe.returncode == 0)
+
+    def _probe(self, argv: Sequence[str]) -> str | None:
+        with tempfile.TemporaryDirectory(prefix="oasis-probe-") as folder:
+            uid = UID_BASE - 1
+            if self.level is not Level.NONE:
+                try:
+                    os.chown(folder, uid, uid)
+                except PermissionError:
+                    return "the server cannot give files to other users (run it as root)"
+            args = self.policy.init_args(uid=uid, workspace=Path(folder), memory=None, network=None)
+            return _runs([self._init, *args, "--", *argv], cwd=folder)
 
     async def start(self, spec: LaunchSpec) -> Process:
-        options = ["--pidns"] if self.pid_namespace else []
+        args = self.policy.init_args(
+            uid=spec.uid, workspace=spec.cwd, memory=spec.memory, network=spec.network
+        )
         proc = await asyncio.create_subprocess_exec(
             self._init,
-            *options,
+            *args,
             "--",
             *spec.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -108,3 +165,39 @@ class Launcher:
             start_new_session=True,
         )
         return Process(proc)
+
+    async def kill_uid(self, uid: int) -> None:
+        """Kill every process of a session uid (the clean-up of level `uid`)."""
+        if self.level is Level.UID:
+            await asyncio.to_thread(_kill_uid, uid)
+
+
+def _runs(argv: list[str], cwd: str | None = None) -> str | None:
+    """None when the command succeeds, else what went wrong."""
+    try:
+        done = subprocess.run(argv, capture_output=True, check=False, timeout=30, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return None
+    return done.stderr.decode(errors="replace").strip()[-300:] or f"exit status {done.returncode}"
+
+
+def _kill_uid(uid: int) -> None:
+    for _ in range(100):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/status", "rb") as status:
+                    for line in status:
+                        if line.startswith(b"Uid:"):
+                            if int(line.split()[1]) == uid:
+                                found = True
+                                os.kill(int(entry), signal.SIGKILL)
+                            break
+            except (OSError, ValueError):
+                continue
+        if not found:
+            return

@@ -1,34 +1,72 @@
 /*
- * oasis-init: the first process of every execution.
+ * oasis-init: the supervisor every execution starts under.
  *
- *   oasis-init [--pidns] -- PROGRAM [ARG...]
+ *   oasis-init [OPTIONS] -- PROGRAM [ARG...]
  *
- * It makes itself a child subreaper (and, with --pidns, gives PROGRAM a pid
- * namespace of its own), starts PROGRAM, and relays PROGRAM's exit status as
- * its own: the same exit code, or death by the same signal. In a namespace,
- * PROGRAM runs as pid 2 under a minimal init (pid 1), because the kernel
- * drops the signals a namespace's init sends itself (PROGRAM could not kill
- * itself) and orphans would be left as zombies. When PROGRAM ends,
- * or when oasis-init gets SIGTERM, every process left in the execution's tree
- * is killed, including ones that called setsid: orphans are reparented to this
- * subreaper, and in a pid namespace the kernel kills them all with its init.
+ * The server never forks itself (gRPC and fork do not mix); it execs this
+ * program, which applies the isolation steps and then runs PROGRAM:
  *
- * The server never forks itself (gRPC and fork do not mix); it execs this.
+ *   --pidns            own pid namespace; a tiny init (pid 1) reaps orphans and,
+ *                      when PROGRAM ends, takes every other process down with it
+ *   --netns            own network namespace with only loopback
+ *   --ipcns --utsns    own System V IPC and hostname
+ *   --root             own mount namespace and a new root: read-only binds of
+ *                      the system folders and of each --ro PATH, each --rw PATH
+ *                      writable, a private /tmp and /dev/shm, a minimal /dev,
+ *                      and /proc for the pid namespace
+ *   --ro PATH, --rw PATH, --tmp-size BYTES
+ *   --uid N --gid N    drop to this uid/gid (no supplementary groups)
+ *   --rlimit NAME=N    cpu, as, nproc, nofile, fsize (repeatable)
+ *   --seccomp          deny syscalls namespaces do not cover (io_uring, vsock,
+ *                      keyctl, ptrace, TIOCSTI, new namespaces, mounts, ...)
+ *
+ * Exit status: PROGRAM's own (its exit code, or death by the same signal);
+ * 125 when a setup step failed (the reason is on stderr). oasis-init is the
+ * child subreaper of the tree: when PROGRAM ends, or on SIGTERM, every
+ * process left is killed, including ones that called setsid.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define MAX_PATHS 32
+#define MAX_LIMITS 8
+
+struct options {
+    int pidns, netns, ipcns, utsns, root, seccomp;
+    const char *ro[MAX_PATHS];
+    int n_ro;
+    const char *rw[MAX_PATHS];
+    int n_rw;
+    long long tmp_size;
+    long uid, gid;
+    int limit_res[MAX_LIMITS];
+    rlim_t limit_val[MAX_LIMITS];
+    int n_limits;
+    char **argv;
+};
 
 static volatile sig_atomic_t kill_requested = 0;
 
@@ -36,6 +74,18 @@ static void on_term(int sig) {
     (void)sig;
     kill_requested = 1;
 }
+
+static void die(const char *what) {
+    fprintf(stderr, "oasis-init: %s: %s\n", what, strerror(errno));
+    _exit(125);
+}
+
+static void die_msg(const char *what, const char *detail) {
+    fprintf(stderr, "oasis-init: %s: %s\n", what, detail);
+    _exit(125);
+}
+
+/* ---- process tree ---------------------------------------------------- */
 
 /* SIGKILL every direct child; returns how many were signalled. */
 static int kill_children(pid_t self) {
@@ -47,10 +97,11 @@ static int kill_children(pid_t self) {
         char path[300], buf[512];
         if (entry->d_name[0] < '1' || entry->d_name[0] > '9') continue;
         snprintf(path, sizeof path, "/proc/%s/stat", entry->d_name);
-        FILE *f = fopen(path, "re");
-        if (!f) continue;
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0) continue;
         buf[n] = '\0';
         /* The command name may contain spaces and parens: parse after the last ')'. */
         char *end = strrchr(buf, ')');
@@ -65,7 +116,7 @@ static int kill_children(pid_t self) {
     return count;
 }
 
-/* Kill and reap everything below us until nothing is left. */
+/* Kill and reap everything below us until nothing is left (bounded). */
 static void kill_tree(pid_t self) {
     for (int round = 0; round < 10000; round++) {
         kill_children(self);
@@ -91,52 +142,337 @@ static void exit_like(int status) {
     _exit(128 + sig);
 }
 
-static void default_signals(void) {
+/* ---- mounts ---------------------------------------------------------- */
+
+static void mkdirs(const char *path, mode_t mode) {
+    char buf[4096];
+    if (strlen(path) >= sizeof buf) die_msg("path too long", path);
+    strcpy(buf, path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, mode) != 0 && errno != EEXIST) die(buf);
+        *p = '/';
+    }
+    if (mkdir(buf, mode) != 0 && errno != EEXIST) die(buf);
+}
+
+/* Bind /oldroot/PATH at PATH in the new root, read-only unless writable. */
+static void bind_path(const char *path, int writable, int optional) {
+    char source[4096];
+    struct stat st;
+    snprintf(source, sizeof source, "/oldroot%s", path);
+    if (lstat(source, &st) != 0) {
+        if (optional) return;
+        die(source);
+    }
+    if (S_ISLNK(st.st_mode)) {
+        /* e.g. /bin -> usr/bin on merged-usr systems: recreate the link. */
+        char target[4096];
+        ssize_t n = readlink(source, target, sizeof target - 1);
+        if (n < 0) die(source);
+        target[n] = '\0';
+        char *slash = strrchr(source + 8, '/');
+        if (slash && slash != source + 8) {
+            *slash = '\0';
+            mkdirs(source + 8, 0755);
+            *slash = '/';
+        }
+        if (symlink(target, path) != 0 && errno != EEXIST) die(path);
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        mkdirs(path, 0755);
+    } else {
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", path);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+            *slash = '\0';
+            mkdirs(parent, 0755);
+        }
+        int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) die(path);
+        close(fd);
+    }
+    if (mount(source, path, NULL, MS_BIND | MS_REC, NULL) != 0) die(path);
+    unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV;
+    if (!writable) flags |= MS_RDONLY;
+    if (mount(NULL, path, NULL, flags, NULL) != 0) die(path);
+}
+
+static void bind_device(const char *name) {
+    char path[64], source[80];
+    snprintf(path, sizeof path, "/dev/%s", name);
+    snprintf(source, sizeof source, "/oldroot/dev/%s", name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) die(path);
+    close(fd);
+    if (mount(source, path, NULL, MS_BIND, NULL) != 0) die(path);
+}
+
+static const char *SYSTEM_DIRS[] = {"/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", NULL};
+/* Just what programs need to run, resolve names and verify TLS. */
+static const char *ETC_FILES[] = {
+    "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates", "/etc/ld.so.cache", "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d", "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf",
+    "/etc/gai.conf", "/etc/localtime", "/etc/mime.types", "/etc/pip.conf", "/etc/xdg/pip",
+    "/etc/npmrc", "/etc/fonts", "/etc/protocols", "/etc/services", NULL,
+};
+
+static void build_root(const struct options *o) {
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) die("getcwd");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("make / private");
+    /* The new root is a tmpfs; once pivoted, the old root is read from /oldroot. */
+    const char *base = "/tmp";
+    if (mount("oasis-root", base, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m") != 0) die("root tmpfs");
+    if (chdir(base) != 0) die("chdir new root");
+    if (mkdir("oldroot", 0755) != 0) die("mkdir oldroot");
+    if (syscall(SYS_pivot_root, ".", "oldroot") != 0) die("pivot_root");
+    if (chdir("/") != 0) die("chdir /");
+
+    for (const char **d = SYSTEM_DIRS; *d; d++) bind_path(*d, 0, 1);
+    mkdirs("/etc", 0755);
+    for (const char **f = ETC_FILES; *f; f++) bind_path(*f, 0, 1);
+    char tmp_opts[64];
+    snprintf(tmp_opts, sizeof tmp_opts, "mode=1777,size=%lld", o->tmp_size);
+    mkdirs("/tmp", 01777);
+    if (mount("tmp", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts) != 0) die("mount /tmp");
+
+    mkdirs("/dev", 0755);
+    if (mount("dev", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") != 0) die("mount /dev");
+    const char *devices[] = {"null", "zero", "full", "random", "urandom", NULL};
+    for (const char **d = devices; *d; d++) bind_device(*d);
+    mkdirs("/dev/shm", 01777);
+    if (mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts) != 0) die("mount /dev/shm");
+    if (symlink("/proc/self/fd", "/dev/fd") != 0 || symlink("/proc/self/fd/0", "/dev/stdin") != 0 ||
+        symlink("/proc/self/fd/1", "/dev/stdout") != 0 || symlink("/proc/self/fd/2", "/dev/stderr") != 0)
+        die("/dev links");
+
+    mkdirs("/proc", 0555);
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) die("mount /proc");
+
+    /* Last, so that a workspace under /tmp lands on top of the private /tmp. */
+    for (int i = 0; i < o->n_ro; i++) bind_path(o->ro[i], 0, 0);
+    for (int i = 0; i < o->n_rw; i++) bind_path(o->rw[i], 1, 0);
+
+    if (umount2("/oldroot", MNT_DETACH) != 0) die("detach old root");
+    rmdir("/oldroot");
+    /* The root tmpfs itself becomes read-only: only the binds above are writable. */
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0)
+        die("remount / read-only");
+    if (chdir(cwd) != 0) die(cwd);
+}
+
+static void loopback_up(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        ioctl(fd, SIOCSIFFLAGS, &ifr);
+    }
+    close(fd);
+}
+
+/* ---- seccomp --------------------------------------------------------- */
+
+#if defined(__x86_64__)
+#define OASIS_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define OASIS_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
+                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM)
+
+static void install_seccomp(void) {
+#ifdef OASIS_AUDIT_ARCH
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, OASIS_AUDIT_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+#if defined(__x86_64__)
+        /* The x32 ABI would reach the same calls under other numbers. */
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+#endif
+        /* io_uring bypasses the syscall filter for the operations it runs. */
+        DENY(__NR_io_uring_setup), DENY(__NR_io_uring_enter), DENY(__NR_io_uring_register),
+        DENY(__NR_keyctl), DENY(__NR_add_key), DENY(__NR_request_key),
+        DENY(__NR_ptrace), DENY(__NR_process_vm_readv), DENY(__NR_process_vm_writev),
+        DENY(__NR_bpf), DENY(__NR_perf_event_open), DENY(__NR_userfaultfd),
+        DENY(__NR_unshare), DENY(__NR_setns), DENY(__NR_mount), DENY(__NR_umount2),
+        DENY(__NR_pivot_root), DENY(__NR_open_by_handle_at), DENY(__NR_name_to_handle_at),
+        DENY(__NR_kexec_load), DENY(__NR_init_module), DENY(__NR_finit_module),
+        DENY(__NR_delete_module), DENY(__NR_swapon), DENY(__NR_swapoff), DENY(__NR_reboot),
+        DENY(__NR_syslog), DENY(__NR_acct), DENY(__NR_quotactl), DENY(__NR_fsopen),
+        DENY(__NR_fsmount), DENY(__NR_move_mount), DENY(__NR_open_tree), DENY(__NR_fspick),
+        DENY(__NR_mount_setattr), DENY(__NR_personality),
+        /* clone3 takes its flags in memory the filter cannot read: make libc fall back to clone. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        /* clone: no new namespaces (flags are the first argument on x86_64 and arm64). */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
+                 CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+                     CLONE_NEWCGROUP,
+                 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* socket(AF_VSOCK, ...): a path out of a VM that namespaces do not close. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_VSOCK, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* ioctl TIOCSTI / TIOCLINUX push input into a terminal. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("no_new_privs");
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) die("seccomp");
+#else
+    die_msg("seccomp", "no filter for this architecture");
+#endif
+}
+
+/* ---- the program ----------------------------------------------------- */
+
+static void drop_privileges(const struct options *o) {
+    for (int i = 0; i < o->n_limits; i++) {
+        struct rlimit rl = {o->limit_val[i], o->limit_val[i]};
+        /* CPU: SIGXCPU at the soft limit, SIGKILL a second later at the hard one. */
+        if (o->limit_res[i] == RLIMIT_CPU) rl.rlim_max = rl.rlim_cur + 1;
+        if (setrlimit(o->limit_res[i], &rl) != 0) die("setrlimit");
+    }
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    if (o->gid >= 0) {
+        if (setgroups(0, NULL) != 0) die("setgroups");
+        if (setresgid((gid_t)o->gid, (gid_t)o->gid, (gid_t)o->gid) != 0) die("setresgid");
+    }
+    if (o->uid >= 0 && setresuid((uid_t)o->uid, (uid_t)o->uid, (uid_t)o->uid) != 0) die("setresuid");
+    if (o->seccomp) install_seccomp();
+}
+
+static void exec_program(const struct options *o) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    drop_privileges(o);
+    execv(o->argv[0], o->argv);
+    fprintf(stderr, "oasis-init: cannot run %s: %s\n", o->argv[0], strerror(errno));
+    _exit(127);
 }
 
-/* pid 1 of the execution's namespace: runs PROGRAM as pid 2, reaps every
- * process that ends, and reports PROGRAM's wait status through `report` (a
- * death by signal cannot be relayed by dying the same way: pid 1 cannot
- * signal itself). Its exit makes the kernel kill what is left inside. */
-static void namespace_init(char **program, int report) {
-    default_signals();
-    pid_t main_pid = fork();
-    if (main_pid < 0) { perror("oasis-init: fork"); _exit(125); }
-    if (main_pid == 0) {
-        execv(program[0], program);
-        fprintf(stderr, "oasis-init: cannot run %s: %s\n", program[0], strerror(errno));
-        _exit(127);
+/*
+ * pid 1 of the namespace: runs the program as pid 2, reaps orphans, and
+ * reports the program's wait status to the supervisor through `report`.
+ * When pid 1 exits the kernel kills everything else in the namespace.
+ */
+static void namespace_init(const struct options *o, int report) {
+    if (o->root) build_root(o);
+    if (o->netns) loopback_up();
+    if (o->utsns) sethostname("sandbox", 7);
+    pid_t program = fork();
+    if (program < 0) die("fork");
+    if (program == 0) {
+        close(report);
+        exec_program(o);
     }
+    int status = 0;
     for (;;) {
-        int status;
-        pid_t done = waitpid(-1, &status, 0);
-        if (done == main_pid) {
-            ssize_t ignored = write(report, &status, sizeof status);
-            (void)ignored;
-            _exit(0);
+        int st;
+        pid_t done = wait(&st);
+        if (done == program) {
+            status = st;
+            break;
         }
-        if (done < 0 && errno != EINTR) _exit(125);
+        if (done < 0 && errno != EINTR) break;
     }
+    if (write(report, &status, sizeof status) != (ssize_t)sizeof status) _exit(125);
+    _exit(0);
+}
+
+static int parse_limit(const char *spec, int *res, rlim_t *value) {
+    static const struct { const char *name; int res; } names[] = {
+        {"cpu", RLIMIT_CPU}, {"as", RLIMIT_AS}, {"nproc", RLIMIT_NPROC},
+        {"nofile", RLIMIT_NOFILE}, {"fsize", RLIMIT_FSIZE}, {NULL, 0},
+    };
+    const char *eq = strchr(spec, '=');
+    if (!eq) return -1;
+    for (int i = 0; names[i].name; i++) {
+        if (strncmp(spec, names[i].name, (size_t)(eq - spec)) == 0 && strlen(names[i].name) == (size_t)(eq - spec)) {
+            char *end;
+            unsigned long long v = strtoull(eq + 1, &end, 10);
+            if (*end) return -1;
+            *res = names[i].res;
+            *value = (rlim_t)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void parse_options(int argc, char **argv, struct options *o) {
+    memset(o, 0, sizeof *o);
+    o->uid = o->gid = -1;
+    o->tmp_size = 64LL << 20;
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--") == 0) { i++; break; }
+        else if (strcmp(a, "--pidns") == 0) o->pidns = 1;
+        else if (strcmp(a, "--netns") == 0) o->netns = 1;
+        else if (strcmp(a, "--ipcns") == 0) o->ipcns = 1;
+        else if (strcmp(a, "--utsns") == 0) o->utsns = 1;
+        else if (strcmp(a, "--root") == 0) o->root = 1;
+        else if (strcmp(a, "--seccomp") == 0) o->seccomp = 1;
+        else if (!next) die_msg("missing value for option", a);
+        else if (strcmp(a, "--ro") == 0 && o->n_ro < MAX_PATHS) { o->ro[o->n_ro++] = next; i++; }
+        else if (strcmp(a, "--rw") == 0 && o->n_rw < MAX_PATHS) { o->rw[o->n_rw++] = next; i++; }
+        else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = atoll(next); i++; }
+        else if (strcmp(a, "--uid") == 0) { o->uid = atol(next); i++; }
+        else if (strcmp(a, "--gid") == 0) { o->gid = atol(next); i++; }
+        else if (strcmp(a, "--rlimit") == 0 && o->n_limits < MAX_LIMITS) {
+            if (parse_limit(next, &o->limit_res[o->n_limits], &o->limit_val[o->n_limits]) != 0)
+                die_msg("bad --rlimit", next);
+            o->n_limits++;
+            i++;
+        } else die_msg("unknown option", a);
+    }
+    if (i >= argc) die_msg("usage", "oasis-init [OPTIONS] -- PROGRAM [ARG...]");
+    if (o->root && !o->pidns) die_msg("usage", "--root needs --pidns (for its /proc)");
+    o->argv = &argv[i];
 }
 
 int main(int argc, char **argv) {
-    int pidns = 0;
-    int i = 1;
-    for (; i < argc; i++) {
-        if (strcmp(argv[i], "--pidns") == 0) pidns = 1;
-        else if (strcmp(argv[i], "--") == 0) { i++; break; }
-        else { fprintf(stderr, "oasis-init: unknown option %s\n", argv[i]); return 125; }
-    }
-    if (i >= argc) { fprintf(stderr, "oasis-init: no program given\n"); return 125; }
+    struct options o;
+    parse_options(argc, argv, &o);
 
     pid_t self = getpid();
     /* If the server dies, take the whole execution down with us. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) { perror("oasis-init: subreaper"); return 125; }
-    if (pidns && unshare(CLONE_NEWPID) != 0) { perror("oasis-init: pid namespace"); return 125; }
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) die("subreaper");
+
+    int flags = (o.pidns ? CLONE_NEWPID : 0) | (o.netns ? CLONE_NEWNET : 0) | (o.ipcns ? CLONE_NEWIPC : 0) |
+                (o.utsns ? CLONE_NEWUTS : 0) | (o.root ? CLONE_NEWNS : 0);
+    if (flags && unshare(flags) != 0) die("unshare");
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -145,29 +481,25 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
-    /* The namespace init writes PROGRAM's wait status here. */
     int report[2] = {-1, -1};
-    if (pidns && pipe2(report, O_CLOEXEC) != 0) { perror("oasis-init: pipe"); return 125; }
+    if (o.pidns && pipe2(report, O_CLOEXEC) != 0) die("pipe");
 
     pid_t child = fork();
-    if (child < 0) { perror("oasis-init: fork"); return 125; }
+    if (child < 0) die("fork");
     if (child == 0) {
         /* Die with us, even if we are SIGKILLed before we can clean up. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         /* In a new pid namespace the parent lies outside it and shows as 0. */
         pid_t parent = getppid();
         if (parent != self && parent != 0) _exit(125);
-        if (pidns) {
+        if (o.pidns) {
             close(report[0]);
-            namespace_init(&argv[i], report[1]);
+            namespace_init(&o, report[1]);
         }
-        default_signals();
-        execv(argv[i], &argv[i]);
-        fprintf(stderr, "oasis-init: cannot run %s: %s\n", argv[i], strerror(errno));
-        _exit(127);
+        exec_program(&o);
     }
+    if (o.pidns) close(report[1]);
 
-    if (pidns) close(report[1]);
     int status = 0;
     for (;;) {
         if (kill_requested) kill(child, SIGKILL);
@@ -175,10 +507,12 @@ int main(int argc, char **argv) {
         if (done == child) break;
         if (done < 0 && errno != EINTR) { status = 0; break; }
     }
-    if (pidns) {
-        /* PROGRAM's own status when the namespace init got to report it. */
-        int reported;
-        if (read(report[0], &reported, sizeof reported) == sizeof reported) status = reported;
+    if (o.pidns) {
+        /* The namespace init reports the program's own status; without a
+           report, setup failed (125) or the init itself was killed. */
+        int program_status;
+        if (read(report[0], &program_status, sizeof program_status) == (ssize_t)sizeof program_status)
+            status = program_status;
     }
     kill_tree(self);
     exit_like(status);

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import invalid
+from ..isolation import Limits
 
 PRELUDES = Path(__file__).with_name("preludes")
 
@@ -48,6 +49,10 @@ class Runtime:
     site_paths: tuple[str, ...] = ()
     install_base: tuple[str, ...] = ()
     package_pattern: re.Pattern[str] = _PYTHON_PACKAGE
+    readable: tuple[str, ...] = ()
+    """Host paths the sandboxed interpreter must be able to read."""
+    address_space: int | None = None
+    """RLIMIT_AS for the code's processes, or None."""
 
     def start_message(self, code: str, workspace: Path, execution_id: str) -> dict[str, object]:
         packages = workspace / PACKAGES_DIR
@@ -81,7 +86,7 @@ def _run(argv: list[str]) -> str:
     return done.stdout.strip()
 
 
-def probe_python(python_bin: str) -> Runtime:
+def probe_python(python_bin: str, limits: Limits) -> Runtime:
     info = json.loads(
         _run(
             [
@@ -107,6 +112,9 @@ def probe_python(python_bin: str) -> Runtime:
         env=env,
         path_dirs=(str(Path(python_bin).parent),),
         site_paths=tuple(info["paths"]),
+        readable=(info["prefix"], *info["paths"], *env.get("MPLCONFIGDIR", "").split()),
+        # RLIMIT_AS holds for Python, mmap included (RLIMIT_DATA does not).
+        address_space=limits.memory,
         install_base=(
             python_bin,
             "-m",
@@ -121,7 +129,7 @@ def probe_python(python_bin: str) -> Runtime:
     )
 
 
-def probe_node(node_bin: str) -> Runtime:
+def probe_node(node_bin: str, limits: Limits) -> Runtime:
     version = _run([node_bin, "--version"]).lstrip("v")
     npm = shutil.which("npm", path=str(Path(node_bin).parent)) or shutil.which("npm")
     install_base: tuple[str, ...] = ()
@@ -141,8 +149,16 @@ def probe_node(node_bin: str) -> Runtime:
     return Runtime(
         name="node",
         version=version,
-        argv=(node_bin, str(PRELUDES / "node_prelude.cjs")),
+        # V8 must be told its heap limit; RLIMIT_AS then only stops what lies
+        # outside the heap (Buffers), with room for the ~1.25 GiB Node reserves.
+        argv=(
+            node_bin,
+            f"--max-old-space-size={max(limits.memory // (1024 * 1024), 16)}",
+            str(PRELUDES / "node_prelude.cjs"),
+        ),
         path_dirs=(str(Path(node_bin).parent),),
+        readable=(str(Path(node_bin).resolve().parent.parent), *([npm] if npm else [])),
+        address_space=limits.memory + 2 * 1024**3,
         install_base=install_base,
         package_pattern=_NODE_PACKAGE,
     )
@@ -150,7 +166,7 @@ def probe_node(node_bin: str) -> Runtime:
 
 def probe_all(config: Config) -> dict[str, Runtime]:
     """The runtimes this server offers; Python is required, Node.js optional."""
-    runtimes = {"python": probe_python(config.python_bin)}
+    runtimes = {"python": probe_python(config.python_bin, config.limits)}
     if config.node_bin:
-        runtimes["node"] = probe_node(config.node_bin)
+        runtimes["node"] = probe_node(config.node_bin, config.limits)
     return runtimes

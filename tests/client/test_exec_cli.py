@@ -88,16 +88,18 @@ async def test_exec_node_from_stdin_in_a_session(server: SandboxServer) -> None:
 
 
 async def test_exec_streams_logs_while_the_code_runs(server: SandboxServer, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+    # The gate is opened in the session's workspace, the one place the test and the code share.
+    gate = server.config.workspace_root / "sessions" / "live" / "gate"
     script = tmp_path / "live.py"
     script.write_text(
         "import os, time\n"
         "print('first', flush=True)\n"
-        f"for _ in range(600):\n    if os.path.exists({str(gate)!r}): break\n    time.sleep(0.05)\n"
+        "for _ in range(600):\n    if os.path.exists('gate'): break\n    time.sleep(0.05)\n"
         "print('second')\n"
     )
     process = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "oasis-sandbox"), "exec", str(script), "--target", f"127.0.0.1:{server.port}",
+        str(VENV_BIN / "oasis-sandbox"), "exec", str(script), "--session", "live",
+        "--target", f"127.0.0.1:{server.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None and process.stderr is not None

@@ -14,6 +14,7 @@ import pytest
 from oasis import (
     CapacityExhausted,
     CodeRequest,
+    Dispatch,
     DispatchResult,
     SandboxError,
     SandboxUnavailable,
@@ -76,13 +77,24 @@ async def test_leaving_a_stream_early_kills_the_code(runner: GrpcRunner) -> None
     )
 
 
-def ledger_code(path: Path) -> str:
-    """Code that appends one line to `path` each time it runs."""
-    return f"with open({str(path)!r}, 'a') as f:\n    f.write('ran\\n')\nset_result('done')"
+class Ledger:
+    """Counts runs of LEDGER_CODE: each run reports itself through a tool call.
+
+    (The sandboxed code cannot write to the test's own folders.)
+    """
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def ran(self) -> str:
+        self.runs += 1
+        return "counted"
+
+    def dispatch(self) -> Dispatch:
+        return tool_dispatcher({"ran": self.ran})
 
 
-def lines(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
+LEDGER_CODE = "call_tool('ran')\nset_result('done')"
 
 
 def retries_logged(caplog: pytest.LogCaptureFixture, code: str) -> int:
@@ -96,18 +108,16 @@ async def test_retries_until_the_server_is_up(
 ) -> None:
     caplog.set_level(logging.INFO, logger="oasis.code")
     port = free_port()
-    ledger = tmp_path / "ledger.txt"
+    ledger = Ledger()
     async with GrpcRunner(f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1) as runner:
-        task = asyncio.create_task(
-            runner.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
-        )
+        task = asyncio.create_task(runner.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch()))
         # Only once the runner has failed to connect and scheduled a retry does the server start.
         await eventually(lambda: retries_logged(caplog, "UNAVAILABLE"), timeout=10, what="a retry")
         await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{port}")
         result = await task
 
     assert (result.status, result.output) == (Status.OK, "done"), result.error
-    assert lines(ledger) == 1
+    assert ledger.runs == 1
 
 
 async def test_gives_up_after_max_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -133,7 +143,7 @@ async def test_capacity_is_retried_and_the_code_runs_once(
         await release.wait()
         return "released"
 
-    ledger = tmp_path / "ledger.txt"
+    ledger = Ledger()
     async with GrpcRunner(target) as first, GrpcRunner(target, max_retries=0) as impatient:
         blocker = asyncio.create_task(
             first.run(
@@ -143,24 +153,24 @@ async def test_capacity_is_retried_and_the_code_runs_once(
         await asyncio.wait_for(held.wait(), 30)
 
         with pytest.raises(CapacityExhausted) as info:
-            await impatient.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+            await impatient.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch())
         assert info.value.code == "RESOURCE_EXHAUSTED"
         assert "capacity reached" in info.value.message
 
         async with GrpcRunner(target, max_retries=10, retry_delay=0.1) as patient:
             task = asyncio.create_task(
-                patient.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+                patient.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch())
             )
             await eventually(
                 lambda: retries_logged(caplog, "RESOURCE_EXHAUSTED"), timeout=10, what="a retry"
             )
-            assert lines(ledger) == 0
+            assert ledger.runs == 0
             release.set()
             result = await task
         assert (await blocker).output == "released"
 
     assert (result.status, result.output) == (Status.OK, "done"), result.error
-    assert lines(ledger) == 1
+    assert ledger.runs == 1
 
 
 async def test_no_retry_once_the_code_has_started(
@@ -169,17 +179,17 @@ async def test_no_retry_once_the_code_has_started(
     """The server dies mid-run and a new one takes its port: the runner must not re-send the code."""
     port = free_port()
     doomed = await start_server_process(port)
-    ledger = tmp_path / "ledger.txt"
+    ledger = Ledger()
     killed = asyncio.Event()
 
     async def dispatch(call: ToolCall) -> DispatchResult:
+        if call.name == "ran":
+            return DispatchResult(content=await ledger.ran())
         doomed.process.send_signal(signal.SIGKILL)
         killed.set()
         return DispatchResult(content="never delivered")
 
-    code = ledger_code(ledger).replace(
-        "set_result('done')", "call_tool('crash')\nset_result('done')"
-    )
+    code = LEDGER_CODE.replace("set_result('done')", "call_tool('crash')\nset_result('done')")
     async with GrpcRunner(f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1) as runner:
         task = asyncio.create_task(runner.run(CodeRequest(code=code), dispatch))
         await asyncio.wait_for(killed.wait(), 30)
@@ -189,12 +199,12 @@ async def test_no_retry_once_the_code_has_started(
         with pytest.raises(SandboxError) as info:
             await task
         assert info.value.code == "UNAVAILABLE"
-        assert lines(ledger) == 1
+        assert ledger.runs == 1
 
-        # The same runner works against the new server (and that run appends its own line).
-        again = await runner.run(CodeRequest(code=ledger_code(ledger)), tool_dispatcher({}))
+        # The same runner works against the new server (and that run counts itself too).
+        again = await runner.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch())
         assert again.output == "done"
-        assert lines(ledger) == 2
+        assert ledger.runs == 2
 
 
 async def test_aclose_is_idempotent_and_final(runner: GrpcRunner) -> None:

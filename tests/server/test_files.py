@@ -123,7 +123,8 @@ import os
 open("good.txt", "w").write("fine")
 os.symlink("{outside}", "link_out.txt")
 os.symlink(os.path.dirname("{outside}"), "link_dir")
-os.link("{outside}", "hard.txt")
+open("linked_source.txt", "w").write("another name for me")
+os.link("linked_source.txt", "hard.txt")
 os.mkfifo("pipe")
 os.mkdir("folder")
 set_result("partial", files=["good.txt", "missing.txt", "/etc/hostname", "../escape.txt",
@@ -136,7 +137,8 @@ const { execFileSync } = require('child_process');
 fs.writeFileSync('good.txt', 'fine');
 fs.symlinkSync('{outside}', 'link_out.txt');
 fs.symlinkSync(path.dirname('{outside}'), 'link_dir');
-fs.linkSync('{outside}', 'hard.txt');
+fs.writeFileSync('linked_source.txt', 'another name for me');
+fs.linkSync('linked_source.txt', 'hard.txt');
 execFileSync('mkfifo', ['pipe']);
 fs.mkdirSync('folder');
 setResult('partial', ['good.txt', 'missing.txt', '/etc/hostname', '../escape.txt',
@@ -150,10 +152,14 @@ async def test_unreturnable_files_are_reported(
     client: SandboxClient, runtime: str, tmp_path: Path
 ) -> None:
     """Missing files, files outside the workspace, links, FIFOs and folders are named in the error, not dropped."""
-    outside = tmp_path / "secret" / "outside.txt"
-    outside.parent.mkdir()
-    outside.write_text("server secret")
-    code = BAD_OUTPUTS[runtime].replace("{outside}", str(outside))
+    # The code sees no host folder it could write to: its "outside" file lives in
+    # its private /tmp (outside the workspace), where it can also hard-link from.
+    outside = "/tmp/secret/outside.txt"
+    setup = {
+        "python": "import os\nos.makedirs('/tmp/secret')\nopen('/tmp/secret/outside.txt', 'w').write('server secret')\n",
+        "node": "require('fs').mkdirSync('/tmp/secret');\nrequire('fs').writeFileSync('/tmp/secret/outside.txt', 'server secret');\n",
+    }[runtime]
+    code = setup + BAD_OUTPUTS[runtime].replace("{outside}", outside)
     outcome = await client.run(code, runtime=runtime)
     assert outcome.status == "ERROR"
     assert outcome.output == "partial"

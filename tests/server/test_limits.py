@@ -189,4 +189,5 @@ set_result(1, files=names)
     outcome = await client.run(code)
     assert outcome.status == "ERROR"
     assert "150 output files" in outcome.result.error
-    assert len(outcome.result.files) == 100
+    assert "SANDBOX_MAX_OUTPUT_FILES" in outcome.result.error
+    assert len(outcome.result.files) == 32  # the default limit

@@ -533,17 +533,51 @@ class GetInfoResponse(_message.Message):
         MAX_OUTPUT_FIELD_NUMBER: _builtins.int
         MAX_RESULT_FIELD_NUMBER: _builtins.int
         SESSION_TTL_FIELD_NUMBER: _builtins.int
+        CPU_TIME_FIELD_NUMBER: _builtins.int
+        MEMORY_FIELD_NUMBER: _builtins.int
+        MAX_PROCESSES_FIELD_NUMBER: _builtins.int
+        MAX_OPEN_FILES_FIELD_NUMBER: _builtins.int
+        MAX_FILE_SIZE_FIELD_NUMBER: _builtins.int
+        WORKSPACE_SIZE_FIELD_NUMBER: _builtins.int
+        WORKSPACE_FILES_FIELD_NUMBER: _builtins.int
+        TMP_SIZE_FIELD_NUMBER: _builtins.int
+        MAX_OUTPUT_FILES_FIELD_NUMBER: _builtins.int
+        MAX_OUTPUT_SIZE_FIELD_NUMBER: _builtins.int
+        MAX_CODE_SIZE_FIELD_NUMBER: _builtins.int
+        MAX_INPUT_FILES_FIELD_NUMBER: _builtins.int
         max_concurrent: _builtins.int
         max_output: _builtins.int
         """Bytes of logs kept per execution."""
         max_result: _builtins.int
         """Bytes of the set_result value."""
+        memory: _builtins.int
+        """Bytes of memory per process (address space for Python, heap for Node.js)."""
+        max_processes: _builtins.int
+        """Processes and threads per session."""
+        max_open_files: _builtins.int
+        max_file_size: _builtins.int
+        """Largest single file the code can write."""
+        workspace_size: _builtins.int
+        """Bytes and files (inodes) a session workspace may hold."""
+        workspace_files: _builtins.int
+        tmp_size: _builtins.int
+        """Bytes of the private /tmp of an execution."""
+        max_output_files: _builtins.int
+        """Files one set_result may return, and their total size."""
+        max_output_size: _builtins.int
+        max_code_size: _builtins.int
+        """Request limits."""
+        max_input_files: _builtins.int
         @_builtins.property
         def default_timeout(self) -> _duration_pb2.Duration: ...
         @_builtins.property
         def max_timeout(self) -> _duration_pb2.Duration: ...
         @_builtins.property
         def session_ttl(self) -> _duration_pb2.Duration: ...
+        @_builtins.property
+        def cpu_time(self) -> _duration_pb2.Duration:
+            """CPU time per execution."""
+
         def __init__(
             self,
             *,
@@ -553,10 +587,22 @@ class GetInfoResponse(_message.Message):
             max_output: _builtins.int = ...,
             max_result: _builtins.int = ...,
             session_ttl: _duration_pb2.Duration | None = ...,
+            cpu_time: _duration_pb2.Duration | None = ...,
+            memory: _builtins.int = ...,
+            max_processes: _builtins.int = ...,
+            max_open_files: _builtins.int = ...,
+            max_file_size: _builtins.int = ...,
+            workspace_size: _builtins.int = ...,
+            workspace_files: _builtins.int = ...,
+            tmp_size: _builtins.int = ...,
+            max_output_files: _builtins.int = ...,
+            max_output_size: _builtins.int = ...,
+            max_code_size: _builtins.int = ...,
+            max_input_files: _builtins.int = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["default_timeout", b"default_timeout", "max_timeout", b"max_timeout", "session_ttl", b"session_ttl"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "default_timeout", b"default_timeout", "max_timeout", b"max_timeout", "session_ttl", b"session_ttl"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["default_timeout", b"default_timeout", "max_concurrent", b"max_concurrent", "max_output", b"max_output", "max_result", b"max_result", "max_timeout", b"max_timeout", "session_ttl", b"session_ttl"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "default_timeout", b"default_timeout", "max_code_size", b"max_code_size", "max_concurrent", b"max_concurrent", "max_file_size", b"max_file_size", "max_input_files", b"max_input_files", "max_open_files", b"max_open_files", "max_output", b"max_output", "max_output_files", b"max_output_files", "max_output_size", b"max_output_size", "max_processes", b"max_processes", "max_result", b"max_result", "max_timeout", b"max_timeout", "memory", b"memory", "session_ttl", b"session_ttl", "tmp_size", b"tmp_size", "workspace_files", b"workspace_files", "workspace_size", b"workspace_size"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,9 +610,12 @@ class GetInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     isolation: _builtins.str
     """"none", "uid" or "namespaces"."""
     server_version: _builtins.str
+    network: _builtins.str
+    """What the code can reach: "host" (the server's network) or "none" (loopback only)."""
     @_builtins.property
     def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Runtime]: ...
     @_builtins.property
@@ -578,10 +627,11 @@ class GetInfoResponse(_message.Message):
         limits: Global___GetInfoResponse.Limits | None = ...,
         isolation: _builtins.str = ...,
         server_version: _builtins.str = ...,
+        network: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "limits", b"limits", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "limits", b"limits", "network", b"network", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
