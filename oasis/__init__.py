@@ -32,6 +32,7 @@ from .agent import (
     tool,
 )
 from .errors import (
+    AlreadyExecuted,
     CapacityExhausted,
     FailedPrecondition,
     InvalidRequest,
@@ -47,6 +48,7 @@ __all__ = [
     "AgentError",
     "AgentResult",
     "AgentTask",
+    "AlreadyExecuted",
     "Attachment",
     "CapacityExhausted",
     "CodeFile",

@@ -7,6 +7,7 @@
     |   +-- SandboxUnavailable    not reachable, or shutting down
     |   +-- Unauthenticated       missing or wrong token
     |   +-- FailedPrecondition    e.g. deleting a workspace that is in use
+    |   +-- AlreadyExecuted       a retry found its execution already admitted
     +-- ToolError                 a tool failed (raised by tool_dispatcher users)
 
 Failures of the user's code are not exceptions: they come back as a
@@ -47,6 +48,10 @@ class Unauthenticated(SandboxError):
 
 class FailedPrecondition(SandboxError):
     pass
+
+
+class AlreadyExecuted(SandboxError):
+    """The sandbox had already admitted this execution_id: the code may have run, and is not run again."""
 
 
 class ToolError(OasisError):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import __version__, safefs
@@ -24,6 +25,7 @@ from .sessions import Workspaces, check_session_id
 
 log = logging.getLogger(__name__)
 
+_REMEMBERED_IDS = 100_000
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -49,6 +51,7 @@ class Sandbox:
         self._launcher = launcher
         self._workspaces = workspaces
         self._running: set[Execution] = set()
+        self._admitted_ids: OrderedDict[str, None] = OrderedDict()
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -95,6 +98,8 @@ class Sandbox:
                 f"capacity reached: {len(self._running)} executions are running "
                 f"(SANDBOX_MAX_CONCURRENT={self.config.max_concurrent}); retry later",
             )
+        if spec.execution_id:
+            self._remember(spec.execution_id)
         timeout = self.config.default_timeout if spec.timeout is None else spec.timeout
         execution = Execution(
             spec,
@@ -109,6 +114,22 @@ class Sandbox:
         self._running.add(execution)
         self._idle.clear()
         return execution
+
+    def _remember(self, execution_id: str) -> None:
+        """Admit each client-chosen id once, so that a client's retry can never run code twice.
+
+        A retry that reaches us after an earlier attempt was admitted (its
+        `started` lost with the connection) is refused with ALREADY_EXISTS.
+        """
+        if execution_id in self._admitted_ids:
+            raise RequestError(
+                Code.ALREADY_EXISTS,
+                f"execution_id {execution_id!r} was already admitted; an execution is never run "
+                "twice (use a new execution_id to run the code again)",
+            )
+        self._admitted_ids[execution_id] = None
+        if len(self._admitted_ids) > _REMEMBERED_IDS:
+            self._admitted_ids.popitem(last=False)
 
     def _closed(self, execution: Execution) -> None:
         self._running.discard(execution)

@@ -15,6 +15,7 @@ class Code(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     FAILED_PRECONDITION = "failed_precondition"
     UNAVAILABLE = "unavailable"
+    ALREADY_EXISTS = "already_exists"
 
 
 class RequestError(Exception):

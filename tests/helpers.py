@@ -14,6 +14,7 @@ import grpc
 
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+from sandbox_server import mounts
 
 
 async def eventually(
@@ -145,3 +146,9 @@ async def execute_error(
             pass
 
     return await rpc_error(drain())
+
+
+def unmount_leftovers(folder: Path) -> None:
+    """Detach workspace tmpfs mounts a killed server process left under `folder`."""
+    for mount_point in mounts.mounts_under(folder):
+        mounts.unmount(mount_point)

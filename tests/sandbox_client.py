@@ -61,11 +61,18 @@ class SandboxClient:
         files: list[pb.File] | None = None,
         after_start: list[pb.ExecuteRequest] | None = None,
         env: dict[str, str] | None = None,
+        execution_id: str = "",
         on_response: Callable[[pb.ExecuteResponse, asyncio.Queue[pb.ExecuteRequest | None]], Any]
         | None = None,
     ) -> Outcome:
         """Run code to its result; tools answer concurrently, as a real client would."""
-        start = pb.StartExecution(code=code, runtime=runtime, session_id=session_id, env=env or {})
+        start = pb.StartExecution(
+            code=code,
+            runtime=runtime,
+            session_id=session_id,
+            env=env or {},
+            execution_id=execution_id,
+        )
         if timeout is not None:
             start.timeout.FromNanoseconds(int(timeout * 1e9))
         start.files.extend(files or [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from ..errors import (
+    AlreadyExecuted,
     CapacityExhausted,
     FailedPrecondition,
     InvalidRequest,
@@ -20,6 +21,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SandboxError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExecuted,
 }
 
 

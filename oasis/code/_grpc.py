@@ -59,11 +59,10 @@ class GrpcRunner:
     answered `started`. Any failure after `started` is raised, never retried:
     by then the code may have run, and code calls tools with side effects
     (sending mail, charging a card), so running it twice is worse than
-    reporting the failure. The same execution_id is used on every attempt.
-    One gap remains: a connection that breaks after the server admitted the
-    run but before `started` reached us looks like "not started"; the server
-    kills the code as soon as it sees the disconnect, but if even a partial
-    second run is unacceptable, set max_retries=0.
+    reporting the failure. The same execution_id is used on every attempt,
+    and the server admits each id once: if a connection broke after the
+    server admitted the run but before `started` reached us, the retry is
+    refused and raised as AlreadyExecuted instead of running the code again.
     """
 
     def __init__(

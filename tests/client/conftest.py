@@ -17,6 +17,7 @@ from oasis.code import GrpcRunner
 from sandbox_server.server import SandboxServer
 
 from ..conftest import REPO, runtime_python
+from ..helpers import unmount_leftovers
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -93,6 +94,7 @@ async def start_server_process(tmp_path: Path) -> AsyncIterator[StartServerProce
             async with asyncio.timeout(10):
                 await server.process.wait()
         await server.kill()
+    unmount_leftovers(tmp_path)
     for drain in drains:
         drain.cancel()
 

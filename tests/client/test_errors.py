@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from oasis import (
+    AlreadyExecuted,
     CodeRequest,
     FailedPrecondition,
     InvalidRequest,
@@ -21,8 +22,11 @@ from oasis import (
     tool_dispatcher,
 )
 from oasis.code import GrpcRunner
+from oasis.code._errors import from_grpc
+from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_server.core import Sandbox
+from sandbox_server.server import SandboxServer
 from sandbox_server.service import SandboxService
 
 from ..conftest import make_config
@@ -91,7 +95,26 @@ async def test_info(runner: GrpcRunner) -> None:
     assert info.limits.max_concurrent == 4
     assert (info.limits.default_timeout, info.limits.max_timeout) == (30.0, 300.0)
     assert info.limits.max_output == 512 * 1024
-    assert info.isolation and info.version
+    assert info.isolation == "namespaces" and info.network == "host" and info.version
+    assert (info.limits.memory, info.limits.max_processes) == (1024**3, 64)
+    assert info.limits.max_output_files == 32
+
+
+async def test_a_reused_execution_id_becomes_already_executed(
+    runner: GrpcRunner, server: SandboxServer
+) -> None:
+    """The server's ALREADY_EXISTS (an id admitted before) is translated to AlreadyExecuted."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.SandboxStub(channel)
+        start = pb.ExecuteRequest(start=pb.StartExecution(code="x = 1", execution_id="once"))
+        async for _ in stub.Execute(iter([start])):
+            pass
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.Execute(iter([start])):
+                pass
+    error = from_grpc(info.value)
+    assert isinstance(error, AlreadyExecuted)
+    assert error.code == "ALREADY_EXISTS" and "once" in error.message
 
 
 # -- a real Sandbox core behind TLS and a bearer-token check ----------------

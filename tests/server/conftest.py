@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import runtime_python
-from ..helpers import eventually
+from ..helpers import eventually, unmount_leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"listening on \S+:(\d+) \(gRPC\)")
@@ -100,6 +100,7 @@ def server_process(tmp_path: Path) -> Iterator[StartProcess]:
         if server.proc.poll() is None:
             server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(30)
+    unmount_leftovers(tmp_path)
 
 
 async def wait_exit(proc: subprocess.Popen[str], within: float) -> int:

@@ -452,3 +452,16 @@ async def test_tool_call_ids_are_the_servers(client: SandboxClient) -> None:
     execution_id = outcome.responses[0].started.execution_id
     assert len(set(ids)) == 2
     assert all(call_id.startswith(execution_id) for call_id in ids)
+
+
+async def test_an_execution_id_is_admitted_only_once(
+    client: SandboxClient, stub: pb_grpc.SandboxStub
+) -> None:
+    """A second start with a used execution_id is refused, so a client retry never runs code twice."""
+    first = await client.run("set_result('ran')", execution_id="job-42")
+    assert first.output == "ran"
+
+    error = await execute_error(stub, start_message("set_result('again')", execution_id="job-42"))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "job-42" in (error.details() or "")
+    assert "never run twice" in (error.details() or "")
