@@ -68,40 +68,51 @@ def summarize(name: str, samples: list[float]) -> dict[str, float]:
     return row
 
 
+def server_config(workspace: str, **overrides: str) -> config_module.Config:
+    env = {
+        "SANDBOX_GRPC_ADDR": "127.0.0.1:0",
+        "SANDBOX_ADDR": "127.0.0.1:0",
+        "SANDBOX_WORKSPACE": workspace,
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k not in env})
+    env.update(overrides)
+    return config_module.load(env)
+
+
 async def main(runs: int) -> None:
-    with tempfile.TemporaryDirectory() as workspace:
-        env = {
-            "SANDBOX_GRPC_ADDR": "127.0.0.1:0",
-            "SANDBOX_ADDR": "127.0.0.1:0",
-            "SANDBOX_WORKSPACE": workspace,
-        }
-        env.update(
-            {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_") and k not in env}
-        )
-        config = config_module.load(env)
+    with tempfile.TemporaryDirectory() as isolated_root, tempfile.TemporaryDirectory() as bare_root:
+        config = server_config(isolated_root)
+        # The same server without isolation shows what the isolation costs.
+        bare_config = server_config(bare_root, SANDBOX_ISOLATION="none", SANDBOX_ALLOW_INSECURE="1")
         async with (
             SandboxServer(config) as server,
+            SandboxServer(bare_config) as bare_server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan,
+            grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}") as bare_chan,
         ):
-            stub = pb_grpc.SandboxStub(chan)
+            assert server.sandbox is not None
+            print(f"isolation: {server.sandbox.isolation} (and none, for comparison)")
+            stub, bare = pb_grpc.SandboxStub(chan), pb_grpc.SandboxStub(bare_chan)
             cases = {
-                "sandbox python set_result": ("set_result(1)", "python"),
-                "sandbox python 1 tool call": ("set_result(call_tool('t'))", "python"),
-                "sandbox node setResult": ("setResult(1)", "node"),
-                "sandbox node 1 tool call": ("setResult(await callTool('t'))", "node"),
+                "sandbox python set_result": (stub, "set_result(1)", "python"),
+                "  same, isolation none": (bare, "set_result(1)", "python"),
+                "sandbox python 1 tool call": (stub, "set_result(call_tool('t'))", "python"),
+                "sandbox node setResult": (stub, "setResult(1)", "node"),
+                "  same, isolation none ": (bare, "setResult(1)", "node"),
+                "sandbox node 1 tool call": (stub, "setResult(await callTool('t'))", "node"),
             }
             baselines = {
                 "naive subprocess python -c": [config.python_bin, "-c", "print(1)"],
                 "naive subprocess node -e": [config.node_bin or "node", "-e", "console.log(1)"],
             }
             samples: dict[str, list[float]] = {name: [] for name in [*cases, *baselines]}
-            for code, runtime in cases.values():
-                await execute(stub, code, runtime)  # warm up
+            for target, code, runtime in cases.values():
+                await execute(target, code, runtime)  # warm up
             # Interleave the cases so machine noise hits all of them alike.
             for _ in range(runs):
-                for name, (code, runtime) in cases.items():
+                for name, (target, code, runtime) in cases.items():
                     began = time.perf_counter()
-                    await execute(stub, code, runtime)
+                    await execute(target, code, runtime)
                     samples[name].append(time.perf_counter() - began)
                 for name, argv in baselines.items():
                     began = time.perf_counter()
@@ -110,14 +121,17 @@ async def main(runs: int) -> None:
                     samples[name].append(time.perf_counter() - began)
     print(f"{runs} runs each, interleaved, on {os.cpu_count()} cores")
     rows = {name: summarize(name, values) for name, values in samples.items()}
-    py = (
-        rows["sandbox python set_result"]["median_ms"]
-        / rows["naive subprocess python -c"]["median_ms"]
+
+    def ratio(a: str, b: str) -> float:
+        return rows[a]["median_ms"] / rows[b]["median_ms"]
+
+    print(
+        "ratios (medians): "
+        f"python sandbox/naive {ratio('sandbox python set_result', 'naive subprocess python -c'):.2f}x, "
+        f"node sandbox/naive {ratio('sandbox node setResult', 'naive subprocess node -e'):.2f}x, "
+        f"python isolated/none {ratio('sandbox python set_result', '  same, isolation none'):.2f}x, "
+        f"node isolated/none {ratio('sandbox node setResult', '  same, isolation none '):.2f}x"
     )
-    node = (
-        rows["sandbox node setResult"]["median_ms"] / rows["naive subprocess node -e"]["median_ms"]
-    )
-    print(f"ratio sandbox/naive (median): python {py:.2f}x, node {node:.2f}x")
 
 
 if __name__ == "__main__":

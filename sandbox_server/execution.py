@@ -53,6 +53,8 @@ MAX_TOOL_ARGS = 3 * MIB
 """A tool call's name and arguments must fit one gRPC message."""
 MAX_MESSAGE = 4 * MIB
 """No message in either direction may exceed this: stock gRPC clients' default limit."""
+MAX_PENDING_INSTALLS = 8
+"""install_package calls one execution may have running or waiting; more are refused."""
 MAX_ERROR = 64 * 1024
 """Bytes of a result's `error` kept (start and end): plenty for any useful traceback."""
 _MESSAGE_MARGIN = 64 * 1024
@@ -280,6 +282,10 @@ class _Run:
         self.protocol_error = ""
         self.next_call = 0
         self.side_tasks: set[asyncio.Task[None]] = set()
+        # One installer at a time per execution, and only a few waiting: each
+        # installer is a new process tree, so a flood of requests must not fork one each.
+        self.install_lock = asyncio.Lock()
+        self.installs_pending = 0
 
     def _env(self) -> dict[str, str]:
         runtime = self.ex._runtime
@@ -390,7 +396,8 @@ class _Run:
                 if not isinstance(message, dict):
                     raise ValueError("a message is not a JSON object")
                 await self._handle(message)
-        except (ValueError, TypeError, KeyError, asyncio.LimitOverrunError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError, asyncio.LimitOverrunError) as exc:
+            # RecursionError: a line nested thousands of levels deep (json.loads recurses).
             self.protocol_error = f"the code sent an invalid message on the sandbox channel ({exc})"
             self.ex.stop(Status.ERROR, self.protocol_error)
 
@@ -414,7 +421,13 @@ class _Run:
         elif kind == "error":
             self.traceback = _text(message["message"])
         elif kind == "install":
-            self._spawn(self._install(str(message["id"]), str(message["package"])))
+            reply_id, package = str(message["id"]), str(message["package"])
+            if self.installs_pending >= MAX_PENDING_INSTALLS:
+                error = f"more than {MAX_PENDING_INSTALLS} install_package calls at once; wait for some to finish"
+                await self.ex._reply({"type": "install_result", "id": reply_id, "error": error})
+            else:
+                self.installs_pending += 1
+                self._spawn(self._install(reply_id, package))
         else:
             raise ValueError(f"unknown message type {kind!r}")
 
@@ -448,9 +461,12 @@ class _Run:
             if not runtime.install_base:
                 raise invalid(f"no package installer is available for {runtime.name}")
             argv = runtime.install_argv(package, self.workspace, ex._config)
-            error = await self._run_installer(argv)
+            async with self.install_lock:
+                error = await self._run_installer(argv)
         except RequestError as exc:
             error = exc.message
+        finally:
+            self.installs_pending -= 1
         await ex._reply({"type": "install_result", "id": reply_id, "error": error})
 
     async def _run_installer(self, argv: list[str]) -> str:

@@ -119,7 +119,16 @@ def limit_hint(text: str, limits: Limits, *, signal_name: str | None = None) -> 
         return f"CPU time limit of {limits.cpu_time:g} s exceeded"
     if signal_name == "SIGXFSZ" or "File too large" in text:
         return f"file size limit of {describe_size(limits.file_size)} exceeded"
-    if "MemoryError" in text or "out of memory" in text or "Reached heap limit" in text:
+    if any(
+        sign in text
+        for sign in (
+            "MemoryError",
+            "out of memory",
+            "Reached heap limit",
+            "Array buffer allocation failed",  # a Node.js Buffer beyond RLIMIT_AS
+            "Cannot allocate memory",
+        )
+    ):
         return f"memory limit of {describe_size(limits.memory)} exceeded"
     if "No space left on device" in text or "ENOSPC" in text:
         return (

@@ -30,6 +30,13 @@ _PYTHON_PACKAGE = re.compile(
 _NODE_PACKAGE = re.compile(
     r"^(@[a-z0-9][a-z0-9._\-~]*/)?[a-z0-9][a-z0-9._\-~]*(@[A-Za-z0-9.^~<>=*+\-]+)?$"
 )
+# pip and npm take a name that ends like an archive as a local file (relative
+# to the working folder or the npm prefix, both of which the code can write).
+_ARCHIVE_NAME = re.compile(
+    r"\.(zip|whl|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz|lzma))(\[[^\]]*\])?$|"
+    r"\.(zip|whl|tar|tgz|tbz|txz|tlz|tar\.(gz|bz2|xz|lz|lzma))[=<>!~@]",
+    re.IGNORECASE,
+)
 
 
 class RuntimeUnavailable(Exception):
@@ -66,14 +73,24 @@ class Runtime:
 
     def install_argv(self, package: str, workspace: Path, config: Config) -> list[str]:
         """The installer command for one package; the name is an argument, never shell text."""
-        if len(package) > 214 or not self.package_pattern.match(package):
+        if (
+            len(package) > 214
+            or not self.package_pattern.match(package)
+            or _ARCHIVE_NAME.search(package)
+        ):
             raise invalid(f"{package!r} is not a valid {self.name} package name")
         packages = workspace / PACKAGES_DIR
+        # The installer has the network even when the code has none: then it
+        # must not run the package's own code (setup.py, npm install scripts).
+        no_network = not config.network
         if self.name == "python":
             index = ["--index-url", config.pip_index_url] if config.pip_index_url else []
-            return [*self.install_base, "--target", str(packages / "python"), *index, "--", package]
+            wheels = ["--only-binary=:all:"] if no_network else []
+            target = ["--target", str(packages / "python")]
+            return [*self.install_base, *target, *index, *wheels, "--", package]
         registry = ["--registry", config.npm_registry] if config.npm_registry else []
-        return [*self.install_base, "--prefix", str(packages), *registry, "--", package]
+        scripts = ["--ignore-scripts"] if no_network else []
+        return [*self.install_base, "--prefix", str(packages), *registry, *scripts, "--", package]
 
 
 def _run(argv: list[str]) -> str:
@@ -115,11 +132,16 @@ def probe_python(python_bin: str, limits: Limits) -> Runtime:
         readable=(info["prefix"], *info["paths"], *env.get("MPLCONFIGDIR", "").split()),
         # RLIMIT_AS holds for Python, mmap included (RLIMIT_DATA does not).
         address_space=limits.memory,
+        # -I and --isolated: the workspace is the installer's working folder
+        # and HOME, and the code writes there; a planted pip/ package, .pth
+        # file or pip.conf must not run in (or steer) the installer.
         install_base=(
             python_bin,
+            "-I",
             "-m",
             "pip",
             "install",
+            "--isolated",
             "--quiet",
             "--no-input",
             "--no-cache-dir",

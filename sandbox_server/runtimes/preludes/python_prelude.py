@@ -12,8 +12,9 @@ import json
 import os
 import sys
 import threading
-import traceback
-import types
+
+# Imports cost start time on every execution: traceback is loaded only on an
+# error, and the module type comes from `sys` instead of `types`.
 
 # Keep the channel off its well-known numbers and out of child processes
 # (os.dup makes non-inheritable copies).
@@ -188,7 +189,7 @@ def _run():
     start = json.loads(_reader.readline())
     sys.path.extend(p for p in start["sys_path"] if p not in sys.path)
     sys.argv = [""]
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__dict__.update(
         call_tool=call_tool,
         call_tools_parallel=call_tools_parallel,
@@ -198,10 +199,6 @@ def _run():
     sys.modules["__main__"] = main
     source = start["code"]
     filename = "<code>"
-    # Let tracebacks quote the offending lines of the code.
-    import linecache
-
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     try:
         exec(compile(source, filename, "exec"), main.__dict__)
     except SystemExit as exc:
@@ -211,6 +208,11 @@ def _run():
         print(code, file=sys.stderr)
         return 1
     except BaseException as exc:
+        import linecache
+        import traceback
+
+        # Let the traceback quote the offending lines of the code.
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         # Drop this prelude's own frame: the traceback starts in the user's code.
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
         sys.stderr.write(text)
