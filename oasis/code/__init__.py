@@ -4,8 +4,9 @@ async with GrpcRunner("127.0.0.1:50051") as runner:
     result = await runner.run(CodeRequest(code=...), tool_dispatcher({...}))
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._grpc import GrpcOptions, GrpcRunner
-from ._http import HTTPRunner
 from ._info import SandboxInfo, SandboxLimits
 from ._sync import SyncDispatch, SyncGrpcRunner
 from ._wire import KiB, MiB
@@ -21,3 +22,16 @@ __all__ = [
     "SyncDispatch",
     "SyncGrpcRunner",
 ]
+
+
+if TYPE_CHECKING:
+    from ._http import HTTPRunner
+
+
+def __getattr__(name: str) -> Any:
+    # HTTPRunner pulls in aiohttp (~0.2 s): load it only for those who use it.
+    if name == "HTTPRunner":
+        from ._http import HTTPRunner
+
+        return HTTPRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -25,11 +23,9 @@ from oasis.code import GrpcRunner
 from oasis.code._errors import from_grpc
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
-from sandbox_server.core import Sandbox
 from sandbox_server.server import SandboxServer
-from sandbox_server.service import SandboxService
 
-from ..conftest import make_config
+from ..conftest import StartServer
 
 
 @pytest.mark.parametrize(
@@ -117,32 +113,14 @@ async def test_a_reused_execution_id_becomes_already_executed(
     assert error.code == "ALREADY_EXISTS" and "once" in error.message
 
 
-# -- a real Sandbox core behind TLS and a bearer-token check ----------------
+# -- the real server with SANDBOX_AUTH_TOKEN and TLS ------------------------
 
 TOKEN = "s3cret-token"
 
 
-class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses every call without `authorization: Bearer TOKEN`."""
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
-        handler = await continuation(details)
-        if dict(details.invocation_metadata).get("authorization") == f"Bearer {TOKEN}":
-            return handler
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
-
-
 @pytest.fixture
-async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, bytes]]:
-    """(port, CA certificate) of a TLS server with the real service and a token check."""
+async def tls_server(tmp_path: Path, start_server: StartServer) -> tuple[int, bytes]:
+    """(port, CA certificate) of a sandbox server with TLS and a bearer token."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     openssl = await asyncio.create_subprocess_exec(
         "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -151,17 +129,10 @@ async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, bytes]]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert await openssl.wait() == 0, "openssl could not make a test certificate"
-    sandbox = await Sandbox.start(make_config(tmp_path / "ws"))
-    server = grpc.aio.server(interceptors=[BearerAuth()])
-    pb_grpc.add_SandboxServicer_to_server(SandboxService(sandbox), server)
-    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-    port = server.add_secure_port("127.0.0.1:0", credentials)
-    await server.start()
-    try:
-        yield port, cert.read_bytes()
-    finally:
-        await server.stop(0)
-        await sandbox.close()
+    server = await start_server(
+        SANDBOX_AUTH_TOKEN=TOKEN, SANDBOX_TLS_CERT=str(cert), SANDBOX_TLS_KEY=str(key)
+    )
+    return server.port, cert.read_bytes()
 
 
 async def test_token_and_tls(tls_server: tuple[int, bytes]) -> None:
