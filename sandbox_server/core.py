@@ -26,6 +26,8 @@ from .sessions import Workspaces, check_session_id
 log = logging.getLogger(__name__)
 
 _REMEMBERED_IDS = 100_000
+_MAX_ENV_VARS = 128
+_MAX_ENV_BYTES = 64 * 1024
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -174,6 +176,13 @@ class Sandbox:
             names.add(normalized)
             if file.size < 0:
                 raise invalid(f"input file {file.name!r} has a negative size")
+        if (
+            len(spec.env) > _MAX_ENV_VARS
+            or sum(len(k) + len(v) for k, v in spec.env.items()) > _MAX_ENV_BYTES
+        ):
+            raise invalid(
+                f"env: at most {_MAX_ENV_VARS} variables and {_MAX_ENV_BYTES} bytes in all"
+            )
         for name, value in spec.env.items():
             if not _ENV_NAME.match(name):
                 raise invalid(f"environment variable name {name!r} is not valid")

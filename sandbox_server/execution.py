@@ -60,7 +60,12 @@ MAX_ERROR = 64 * 1024
 _MESSAGE_MARGIN = 64 * 1024
 _FILE_ENTRY = 256
 """Room a File entry takes in the result besides its name and data."""
-_MAX_CHANNEL_LINE = 16 * MIB
+_MAX_CHANNEL_LINE = 2 * MAX_TOOL_ARGS + 64 * 1024
+"""The longest message the prelude may send: a tool call or a result at its size
+limit, whose JSON text may double when escaped (results are capped at 3 MiB)."""
+_REPLY_BUFFER = 8 * MIB
+MAX_PENDING_CALLS = 256
+"""Tool calls one execution may have outstanding at once."""
 _DRAIN_AFTER_EXIT = 0.5
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -264,8 +269,12 @@ class Execution:
         if channel is None or channel.is_closing():
             return
         channel.write(_line(message))
-        with contextlib.suppress(ConnectionError):
-            await channel.drain()
+        # Wait for the code to read only when much is queued: waiting always
+        # would stall the client's next message (a cancel) behind code that
+        # does not read its channel. Outstanding calls are capped, so is this.
+        if channel.transport.get_write_buffer_size() > _REPLY_BUFFER:
+            with contextlib.suppress(ConnectionError):
+                await channel.drain()
 
 
 class _Run:
@@ -410,7 +419,7 @@ class _Run:
             if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
                 raise TypeError("result files must be a list of names")
             files = [_text(f) for f in files]
-            output = _text(message["output"])
+            output = _text(_string(message, "output"))
             if len(output.encode()) > self.ex._config.max_result:
                 self.traceback = (
                     f"set_result value is {len(output.encode())} bytes, over the "
@@ -419,7 +428,7 @@ class _Run:
                 output = ""
             self.output, self.output_files = output, files
         elif kind == "error":
-            self.traceback = _text(message["message"])
+            self.traceback = _text(_string(message, "message"))
         elif kind == "install":
             reply_id, package = str(message["id"]), str(message["package"])
             if self.installs_pending >= MAX_PENDING_INSTALLS:
@@ -440,6 +449,15 @@ class _Run:
                     "type": "tool_result",
                     "id": reply_id,
                     "error": f"the tool call (name and arguments) is {size} bytes; the limit is {MAX_TOOL_ARGS}",
+                }
+            )
+            return
+        if len(self.ex._calls) >= MAX_PENDING_CALLS:
+            await self.ex._reply(
+                {
+                    "type": "tool_result",
+                    "id": reply_id,
+                    "error": f"too many tool calls at once: at most {MAX_PENDING_CALLS} may be outstanding",
                 }
             )
             return
@@ -555,7 +573,17 @@ class _Run:
         """Open and send the files given to set_result; `room` is the inline byte budget."""
         files: list[OutputFile] = []
         problems: list[str] = []
-        requested = list(dict.fromkeys(self.output_files))
+        # Normalized before removing duplicates: "a.png", "./a.png" and its
+        # absolute path are one file, sent once.
+        unique: dict[str, None] = {}
+        for wanted in self.output_files:
+            try:
+                name = "/".join(safefs.split_name(safefs.to_workspace_name(self.workspace, wanted)))
+            except safefs.UnsafePath as exc:
+                problems.append(f"output file not returned: {exc}")
+                continue
+            unique[name] = None
+        requested = list(unique)
         limits = self.ex._config.limits
         if len(requested) > limits.output_files:
             problems.append(
@@ -564,9 +592,8 @@ class _Run:
             )
             del requested[limits.output_files :]
         total_left = limits.output_size
-        for wanted in requested:
+        for name in requested:
             try:
-                name = safefs.to_workspace_name(self.workspace, wanted)
                 fd, size = await asyncio.to_thread(safefs.open_regular_file, self.workspace, name)
             except safefs.UnsafePath as exc:
                 problems.append(f"output file not returned: {exc}")
@@ -625,6 +652,13 @@ async def _open_channel(
 def _pipe_files(read_fd: int, write_fd: int) -> tuple[Any, Any]:
     """Unbuffered file objects owning the fds, as the event loop's pipe transports want them."""
     return os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0)
+
+
+def _string(message: dict[str, Any], key: str) -> str:
+    value = message[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} must be a string")
+    return value
 
 
 def _line(message: dict[str, Any]) -> bytes:

@@ -63,7 +63,10 @@ class Limits:
 
 UID_BASE = 1_000_000_000
 """Session uids start here: far above any user a host or a container assigns."""
-UID_COUNT = 1_000_000
+UID_COUNT = 2_000_000_000
+UID_BLOCK = 100_000
+"""Each server takes its session uids from one random block of the range, so
+two servers on one host (whose rlimits count per uid) are unlikely to meet."""
 
 
 @dataclass(frozen=True, kw_only=True)

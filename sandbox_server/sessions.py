@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import mounts
 from .errors import Code, RequestError, invalid
-from .isolation import UID_BASE, UID_COUNT, Limits
+from .isolation import UID_BASE, UID_BLOCK, UID_COUNT, Limits
 from .safefs import remove_tree
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Workspaces:
         self._sessions: dict[str, _Session] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._next_uid = 0
+        self._uid_block = UID_BASE + secrets.randbelow(UID_COUNT // UID_BLOCK) * UID_BLOCK
+        self._uids_in_use: set[int] = set()
         self.per_session_uid = False
         self.quota = False
 
@@ -90,7 +92,7 @@ class Workspaces:
             self._sweeper = None
         for name in list(self._sessions):
             session = self._sessions.pop(name)
-            await self._discard(session.workspace.path)
+            await self._discard(session.workspace)
 
     @asynccontextmanager
     async def lease(self, session_id: str, execution_id: str) -> AsyncIterator[Workspace]:
@@ -101,7 +103,7 @@ class Workspaces:
             try:
                 yield workspace
             finally:
-                await self._discard(workspace.path)
+                await self._discard(workspace)
             return
         check_session_id(session_id)
         session = self._sessions.get(session_id)
@@ -127,7 +129,7 @@ class Workspaces:
                 f"session {session_id!r} has a running execution; delete it after the execution ends",
             )
         del self._sessions[session_id]
-        await self._discard(session.workspace.path)
+        await self._discard(session.workspace)
         return True
 
     def is_known(self, session_id: str) -> bool:
@@ -150,11 +152,16 @@ class Workspaces:
         return Workspace(path, uid)
 
     def _allocate_uid(self) -> int:
-        # Never reused while the server runs: no file or process of an earlier
-        # session can be inherited by a later one.
-        uid = UID_BASE + self._next_uid % UID_COUNT
-        self._next_uid += 1
-        return uid
+        # Handed out in turn through this server's block, skipping any still
+        # in use, so no file or process of an earlier session can be
+        # inherited by a later one.
+        for _ in range(UID_BLOCK):
+            uid = self._uid_block + self._next_uid % UID_BLOCK
+            self._next_uid += 1
+            if uid not in self._uids_in_use:
+                self._uids_in_use.add(uid)
+                return uid
+        raise RequestError(Code.RESOURCE_EXHAUSTED, f"all {UID_BLOCK} session uids are in use")
 
     def _quota_works(self) -> bool:
         probe = Path(tempfile.mkdtemp(prefix="quota-probe-", dir=self._trash_dir))
@@ -168,7 +175,14 @@ class Workspaces:
             probe.rmdir()
         return True
 
-    async def _discard(self, path: Path) -> None:
+    async def _discard(self, workspace: Workspace) -> None:
+        try:
+            await self._remove(workspace.path)
+        finally:
+            if workspace.uid is not None:
+                self._uids_in_use.discard(workspace.uid)
+
+    async def _remove(self, path: Path) -> None:
         if mounts.unmount(path):
             # A tmpfs: unmounting freed everything, without walking user files.
             os.rmdir(path)
@@ -203,7 +217,7 @@ class Workspaces:
             ):
                 continue
             del self._sessions[name]
-            await self._discard(session.workspace.path)
+            await self._discard(session.workspace)
             evicted.append(name)
             log.info("evicted idle session %s", name)
         return evicted

@@ -151,6 +151,8 @@ class Launcher:
         args = self.policy.init_args(
             uid=spec.uid, workspace=spec.cwd, memory=spec.memory, network=spec.network
         )
+        for name, value in spec.env.items():
+            args += ["--env", f"{name}={value}"]
         proc = await asyncio.create_subprocess_exec(
             self._init,
             *args,
@@ -160,7 +162,10 @@ class Launcher:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=spec.cwd,
-            env=dict(spec.env),
+            # oasis-init runs as root before any isolation: the dynamic loader
+            # must see no LD_PRELOAD or the like. The code's variables travel
+            # as --env and are applied only when the code itself is exec'd.
+            env={},
             pass_fds=tuple(spec.pass_fds),
             start_new_session=True,
         )

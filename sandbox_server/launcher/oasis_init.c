@@ -19,6 +19,11 @@
  *   --rlimit NAME=N    cpu, as, nproc, nofile, fsize (repeatable)
  *   --seccomp          deny syscalls namespaces do not cover (io_uring, vsock,
  *                      keyctl, ptrace, TIOCSTI, new namespaces, mounts, ...)
+ *   --env NAME=VALUE   PROGRAM's environment (repeatable). oasis-init itself
+ *                      runs as root before any isolation, so it must be
+ *                      started with an empty environment: the dynamic loader
+ *                      would honour LD_PRELOAD and the like. These variables
+ *                      are given only to PROGRAM, by execve, after the drop.
  *
  * Exit status: PROGRAM's own (its exit code, or death by the same signal);
  * 125 when a setup step failed (the reason is on stderr). oasis-init is the
@@ -53,6 +58,7 @@
 
 #define MAX_PATHS 32
 #define MAX_LIMITS 8
+#define MAX_ENV 256
 
 struct options {
     int pidns, netns, ipcns, utsns, root, seccomp;
@@ -65,14 +71,19 @@ struct options {
     int limit_res[MAX_LIMITS];
     rlim_t limit_val[MAX_LIMITS];
     int n_limits;
+    char *env[MAX_ENV + 1];
+    int n_env;
     char **argv;
 };
 
 static volatile sig_atomic_t kill_requested = 0;
+static volatile pid_t program_pid = 0;
 
 static void on_term(int sig) {
     (void)sig;
     kill_requested = 1;
+    /* kill() is async-signal-safe: act at once rather than after waitpid returns. */
+    if (program_pid > 0) kill(program_pid, SIGKILL);
 }
 
 static void die(const char *what) {
@@ -116,14 +127,15 @@ static int kill_children(pid_t self) {
     return count;
 }
 
-/* Kill and reap everything below us until nothing is left (bounded). */
+/* Kill and reap everything below us until nothing is left (bounded). With a
+   pid namespace the kernel has already killed it all: the first check returns. */
 static void kill_tree(pid_t self) {
     for (int round = 0; round < 10000; round++) {
-        kill_children(self);
         pid_t reaped;
         int any = 0;
         while ((reaped = waitpid(-1, NULL, WNOHANG)) > 0) any = 1;
         if (reaped < 0 && errno == ECHILD) return;
+        kill_children(self);
         if (!any) usleep(1000);
     }
 }
@@ -374,7 +386,10 @@ static void exec_program(const struct options *o) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     drop_privileges(o);
-    execv(o->argv[0], o->argv);
+    /* The pdeath signal is cleared by the uid change: set it again, so the
+       program dies with us even without a pid namespace. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execve(o->argv[0], o->argv, (char **)o->env);
     fprintf(stderr, "oasis-init: cannot run %s: %s\n", o->argv[0], strerror(errno));
     _exit(127);
 }
@@ -447,6 +462,11 @@ static void parse_options(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--ro") == 0 && o->n_ro < MAX_PATHS) { o->ro[o->n_ro++] = next; i++; }
         else if (strcmp(a, "--rw") == 0 && o->n_rw < MAX_PATHS) { o->rw[o->n_rw++] = next; i++; }
         else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = atoll(next); i++; }
+        else if (strcmp(a, "--env") == 0) {
+            if (o->n_env >= MAX_ENV) die_msg("too many --env", next);
+            o->env[o->n_env++] = (char *)next;
+            i++;
+        }
         else if (strcmp(a, "--uid") == 0) { o->uid = atol(next); i++; }
         else if (strcmp(a, "--gid") == 0) { o->gid = atol(next); i++; }
         else if (strcmp(a, "--rlimit") == 0 && o->n_limits < MAX_LIMITS) {
@@ -498,6 +518,7 @@ int main(int argc, char **argv) {
         }
         exec_program(&o);
     }
+    program_pid = child;
     if (o.pidns) close(report[1]);
 
     int status = 0;
