@@ -86,7 +86,8 @@ class HTTPRunner:
 
         - `timeout`: seconds the code may run when the request sets none.
         - `max_file_size`: returned files larger than this keep name, MIME and size only.
-        - `max_retries`: POST attempts in all (1 = no retry), only where the code did not start.
+        - `max_retries`: extra POST attempts (0 = none), only where the code did not start;
+          the same meaning as GrpcRunner's and the Go client's WithMaxRetries.
         - `retry_delay`: seconds before the first retry, doubling after each.
         - `callback_addr`: `host:port` of the callback listener started on first use.
         - `callback_external`: public base URL of the application's own server, which
@@ -96,7 +97,9 @@ class HTTPRunner:
         self._url = url.rstrip("/")
         self._timeout = timeout
         self._max_file_size = max_file_size
-        self._max_retries = max(1, max_retries)
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self._max_retries = max_retries
         self._retry_delay = retry_delay
         self._callback_addr = callback_addr
         self._callback_external = callback_external
@@ -226,7 +229,7 @@ class HTTPRunner:
         self, session: aiohttp.ClientSession, body: bytes, read_timeout: float
     ) -> bytes:
         delay = self._retry_delay
-        for attempt in range(1, self._max_retries + 1):
+        for attempt in range(1, self._max_retries + 2):
             try:
                 status, raw = await self._send(
                     session, "POST", f"{self._url}/execute", body, read_timeout
@@ -239,14 +242,14 @@ class HTTPRunner:
                 error = http_error(status, raw)
                 if status != 503:
                     raise error
-            if attempt == self._max_retries:
+            if attempt > self._max_retries:
                 raise error
             log.info(
                 "sandbox %s did not start the code (%s); retry %d of %d in %.2f s",
                 self._url,
                 error,
                 attempt,
-                self._max_retries - 1,
+                self._max_retries,
                 delay,
             )
             await asyncio.sleep(delay)

@@ -105,7 +105,7 @@ async def test_retries_after_503_and_runs_the_code_once(
 
 
 async def test_connection_refused_without_retries_raises_unavailable() -> None:
-    async with HTTPRunner(f"http://127.0.0.1:{free_port()}", max_retries=1) as runner:
+    async with HTTPRunner(f"http://127.0.0.1:{free_port()}", max_retries=0) as runner:
         with pytest.raises(SandboxUnavailable) as caught:
             await runner.run(CodeRequest(code="pass"), tool_dispatcher({}))
 
@@ -165,7 +165,7 @@ async def test_failures_after_the_request_arrived_are_not_retried(
         ("the sandbox server is shutting down", SandboxUnavailable),
     ],
 )
-async def test_503_is_retried_up_to_max_retries_attempts(
+async def test_503_is_retried_max_retries_times(
     error: str, kind: type[SandboxError]
 ) -> None:
     async with (
@@ -175,7 +175,7 @@ async def test_503_is_retried_up_to_max_retries_attempts(
         with pytest.raises(kind) as caught:
             await runner.run(CodeRequest(code="pass"), tool_dispatcher({}))
 
-    assert len(received) == 3
+    assert len(received) == 4  # the first attempt and three retries
     assert caught.value.message == error
 
 

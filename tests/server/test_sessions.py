@@ -139,19 +139,25 @@ call_tool('pause')
 time.sleep(1.5)
 set_result([os.path.exists(os.path.join(here, 'mine.txt')), open(os.path.join(here, 'mine.txt')).read()])
 """
+    on_host = server.config.workspace_root / "sessions" / "long-runner" / "mine.txt"
+    seen_on_host: list[bool] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         client = SandboxClient(channel)
 
         async def pause() -> str:
-            # Idle long past the TTL while the execution waits on this tool.
+            # Idle long past the TTL while the execution waits on this tool,
+            # then look from the host: the code's own view could outlive an
+            # eviction (its mount namespace keeps a detached workspace alive).
             await asyncio.sleep(1.5)
+            seen_on_host.append(on_host.exists())
             return "ok"
 
         outcome = await client.run(
             code, session_id="long-runner", tools={"pause": pause}, timeout=30
         )
-    assert outcome.status == "OK", outcome.result.error
-    assert outcome.output == [True, "still here"]
+        assert outcome.status == "OK", outcome.result.error
+        assert outcome.output == [True, "still here"]
+    assert seen_on_host == [True]
 
 
 @pytest.mark.timeout(60)
