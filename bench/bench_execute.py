@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -119,6 +120,7 @@ async def main(runs: int) -> None:
                     # Blocking on purpose: this is the naive design being measured.
                     subprocess.run(argv, check=True, capture_output=True)  # noqa: ASYNC221
                     samples[name].append(time.perf_counter() - began)
+            sequential = await tool_call_pace(stub)
     print(f"{runs} runs each, interleaved, on {os.cpu_count()} cores")
     rows = {name: summarize(name, values) for name, values in samples.items()}
 
@@ -132,6 +134,31 @@ async def main(runs: int) -> None:
         f"python isolated/none {ratio('sandbox python set_result', '  same, isolation none'):.2f}x, "
         f"node isolated/none {ratio('sandbox node setResult', '  same, isolation none '):.2f}x"
     )
+    first, last = sequential[:100], sequential[-100:]
+    print(
+        f"1000 sequential tool calls in one execution: first 100 {statistics.median(first) * 1000:.2f} ms"
+        f"/call, last 100 {statistics.median(last) * 1000:.2f} ms/call (median)"
+    )
+
+
+async def tool_call_pace(stub: pb_grpc.SandboxStub) -> list[float]:
+    """Seconds between consecutive tool calls of one execution making 1000 of them."""
+    arrivals: list[float] = []
+    code = "for i in range(1000):\n    call_tool('t', {'i': i})\nset_result(1)"
+    outgoing: asyncio.Queue[pb.ExecuteRequest | None] = asyncio.Queue()
+    outgoing.put_nowait(pb.ExecuteRequest(start=pb.StartExecution(code=code)))
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while (message := await outgoing.get()) is not None:
+            yield message
+
+    async for response in stub.Execute(requests()):
+        if response.WhichOneof("kind") == "tool_call":
+            arrivals.append(time.perf_counter())
+            answer = pb.ToolResult(call_id=response.tool_call.call_id, data="1")
+            outgoing.put_nowait(pb.ExecuteRequest(tool_result=answer))
+    outgoing.put_nowait(None)
+    return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
 if __name__ == "__main__":
