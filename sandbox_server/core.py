@@ -90,16 +90,7 @@ class Sandbox:
     def open(self, spec: ExecutionSpec) -> Execution:
         """Validate and admit one execution; RequestError when it cannot run."""
         runtime = self._validate(spec)
-        if self.draining:
-            raise RequestError(
-                Code.UNAVAILABLE, "the sandbox server is shutting down; retry on another instance"
-            )
-        if len(self._running) >= self.config.max_concurrent:
-            raise RequestError(
-                Code.RESOURCE_EXHAUSTED,
-                f"capacity reached: {len(self._running)} executions are running "
-                f"(SANDBOX_MAX_CONCURRENT={self.config.max_concurrent}); retry later",
-            )
+        self.check_admission()
         if spec.execution_id:
             self._remember(spec.execution_id)
         timeout = self.config.default_timeout if spec.timeout is None else spec.timeout
@@ -116,6 +107,19 @@ class Sandbox:
         self._running.add(execution)
         self._idle.clear()
         return execution
+
+    def check_admission(self) -> None:
+        """RequestError when a new execution would be refused now (shutting down, or full)."""
+        if self.draining:
+            raise RequestError(
+                Code.UNAVAILABLE, "the sandbox server is shutting down; retry on another instance"
+            )
+        if len(self._running) >= self.config.max_concurrent:
+            raise RequestError(
+                Code.RESOURCE_EXHAUSTED,
+                f"capacity reached: {len(self._running)} executions are running "
+                f"(SANDBOX_MAX_CONCURRENT={self.config.max_concurrent}); retry later",
+            )
 
     def _remember(self, execution_id: str) -> None:
         """Admit each client-chosen id once, so that a client's retry can never run code twice.

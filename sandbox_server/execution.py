@@ -488,15 +488,28 @@ class _Run:
         await ex._reply({"type": "install_result", "id": reply_id, "error": error})
 
     async def _run_installer(self, argv: list[str]) -> str:
-        env = self._env()
-        env["npm_config_cache"] = str(self.workspace / ".oasis" / "npm-cache")
-        # The installer runs as the session, with the network even under
-        # SANDBOX_NETWORK=none: it fetches from the configured index only.
-        process = await self.ex._launcher.start(
-            LaunchSpec(argv=argv, cwd=self.workspace, env=env, uid=self.ex._uid, network=True)
+        ex = self.ex
+        # Not the request's env: PIP_* and npm_config_* variables would steer
+        # the installer, which has the network even under SANDBOX_NETWORK=none.
+        env = {
+            "PATH": ":".join([*ex._runtime.path_dirs, _BASE_PATH]),
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+        }
+        process = await ex._launcher.start(
+            LaunchSpec(
+                argv=argv,
+                cwd=self.workspace,
+                env=env,
+                uid=ex._uid,
+                network=True,
+                memory=ex._runtime.address_space,
+                # npm works in a private staging folder under /tmp.
+                tmp_size=ex._config.limits.workspace_size,
+            )
         )
         try:
-            out, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
+            out, err = await asyncio.gather(_tail(process.stdout), _tail(process.stderr))
             code = await process.wait()
         finally:
             await process.kill()
@@ -652,6 +665,14 @@ async def _open_channel(
 def _pipe_files(read_fd: int, write_fd: int) -> tuple[Any, Any]:
     """Unbuffered file objects owning the fds, as the event loop's pipe transports want them."""
     return os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0)
+
+
+async def _tail(stream: asyncio.StreamReader, keep: int = 64 * 1024) -> bytes:
+    """The last `keep` bytes of a stream, read to its end in bounded memory."""
+    kept = b""
+    while chunk := await stream.read(64 * 1024):
+        kept = (kept + chunk)[-keep:]
+    return kept
 
 
 def _string(message: dict[str, Any], key: str) -> str:

@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import IO, Any
 import aiohttp
 from aiohttp import web
 
+from . import peers
 from .auth import token_matches
 from .config import MIB, Config
 from .core import Sandbox
@@ -63,9 +63,7 @@ HTTP_STATUS = {
 }
 
 MAX_JSON_DEPTH = 64
-"""Deeper JSON is refused before parsing: json.loads would recurse once per level."""
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
+"""Deeper JSON is refused: nobody needs it, and decoding it costs a recursion per level."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,7 +90,7 @@ class Facade:
         self.port = 0
 
     async def start(self) -> None:
-        middlewares: list[Any] = [_json_errors]
+        middlewares: list[Any] = [_json_errors, _no_sandboxed_peers]
         if self._config.auth_token:
             middlewares.append(_bearer_token(self._config.auth_token))
         app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
@@ -146,6 +144,11 @@ class Facade:
     async def _execute(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _too_large()
+        try:
+            # Before reading a body of up to 32 MiB that could not run anyway.
+            self._sandbox.check_admission()
+        except RequestError as exc:
+            return _error(HTTP_STATUS[exc.code], exc.message)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -212,6 +215,15 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(404, f"no such endpoint: {request.method} {request.path}")
 
 
+@web.middleware
+async def _no_sandboxed_peers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Sandboxed code may reach this port (SANDBOX_NETWORK=host) but gets only /health."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if request.path != "/health" and peer and peers.is_sandboxed(peer[0], peer[1]):
+        return _error(403, peers.MESSAGE)
+    return await handler(request)
+
+
 def _bearer_token(token: str) -> Any:
     """Everything but GET /health needs `Authorization: Bearer <token>` (SANDBOX_AUTH_TOKEN)."""
 
@@ -244,13 +256,8 @@ def parse_execute(body: bytes) -> ExecuteRequest:
     Only the JSON shape and base64 are checked here: code, runtime, session id
     and file names are validated by the core, like for gRPC.
     """
-    depth = json_depth(body)
-    if depth > MAX_JSON_DEPTH:
-        raise invalid(
-            f"invalid JSON: nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted"
-        )
     try:
-        value = json.loads(body)
+        value = load_json(body)
     except ValueError as exc:
         raise invalid(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -290,13 +297,17 @@ def _timeout(value: Any) -> float | None:
     """Whole seconds; absent or 0 means the server's default."""
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value != int(value)
-    ):
-        raise invalid(f"timeout must be a whole number of seconds, got {value!r}")
+    try:
+        whole = (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(value)
+            and value == int(value)
+        )
+    except OverflowError:  # an integer too large for a float
+        whole = False
+    if not whole:
+        raise invalid(f"timeout must be a whole number of seconds, got {str(value)[:40]}")
     if value < 0:
         raise invalid(f"timeout must not be negative, got {value}")
     return float(value) if value else None
@@ -412,23 +423,39 @@ async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def json_depth(body: bytes) -> int:
-    """How deeply arrays and objects nest, found without recursion (json.loads recurses)."""
-    depth = deepest = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub(b'""', body)):
-        if bracket in b"[{":
-            depth += 1
-            deepest = max(deepest, depth)
+def load_json(body: bytes) -> Any:
+    """json.loads, refusing nesting deeper than MAX_JSON_DEPTH; ValueError says what was wrong."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        # The decoder recurses once per level and gives up cleanly.
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed value, walked without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
         else:
-            depth -= 1
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
     return deepest
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
-    if json_depth(body) > MAX_JSON_DEPTH:
-        return None
     try:
-        value = json.loads(body)
+        value = load_json(body)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

@@ -82,14 +82,20 @@ class Policy:
     """Host folders the code needs to read (runtimes, preludes), bound read-only."""
 
     def init_args(
-        self, *, uid: int | None, workspace: Path, memory: int | None, network: bool | None
+        self,
+        *,
+        uid: int | None,
+        workspace: Path,
+        memory: int | None,
+        network: bool | None,
+        tmp_size: int | None = None,
     ) -> list[str]:
         args: list[str] = ["--pidns"] if self.pid_namespace else []
         if self.level is Level.NONE:
             return args
         limits = self.limits
         if self.level is Level.NAMESPACES:
-            args += ["--ipcns", "--utsns", "--root", "--tmp-size", str(limits.tmp_size)]
+            args += ["--ipcns", "--utsns", "--root", "--tmp-size", str(tmp_size or limits.tmp_size)]
             if not (self.network if network is None else network):
                 args.append("--netns")
             for path in self.readable:

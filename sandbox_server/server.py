@@ -16,6 +16,7 @@ from .auth import TokenInterceptor
 from .config import Config
 from .core import Sandbox
 from .facade import Facade
+from .peers import SandboxedPeerInterceptor
 from .service import SandboxService
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,12 @@ class SandboxServer:
     async def start(self) -> None:
         self.sandbox = await Sandbox.start(self.config)
         config = self.config
-        interceptors = [TokenInterceptor(config.auth_token)] if config.auth_token else []
+        # The token check runs first; the peer check wraps the service's own handlers.
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            SandboxedPeerInterceptor(f"/{SERVICE_NAME}/")
+        ]
+        if config.auth_token:
+            interceptors.insert(0, TokenInterceptor(config.auth_token))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

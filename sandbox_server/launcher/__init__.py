@@ -43,6 +43,8 @@ class LaunchSpec:
     """Override the policy's network default (installers need the network)."""
     memory: int | None = None
     """Address-space limit in bytes, or None."""
+    tmp_size: int | None = None
+    """Size of the private /tmp, when not the policy's."""
 
 
 class IsolationUnavailable(Exception):
@@ -149,7 +151,11 @@ class Launcher:
 
     async def start(self, spec: LaunchSpec) -> Process:
         args = self.policy.init_args(
-            uid=spec.uid, workspace=spec.cwd, memory=spec.memory, network=spec.network
+            uid=spec.uid,
+            workspace=spec.cwd,
+            memory=spec.memory,
+            network=spec.network,
+            tmp_size=spec.tmp_size,
         )
         for name, value in spec.env.items():
             args += ["--env", f"{name}={value}"]

@@ -90,7 +90,10 @@ class Runtime:
             return [*self.install_base, *target, *index, *wheels, "--", package]
         registry = ["--registry", config.npm_registry] if config.npm_registry else []
         scripts = ["--ignore-scripts"] if no_network else []
-        return [*self.install_base, "--prefix", str(packages), *registry, *scripts, "--", package]
+        # install_base is `node npm_install.cjs`, then npm and its options; the
+        # target folder comes first (the script installs out of the code's reach).
+        node, script, *npm = self.install_base
+        return [node, script, str(packages), *npm, *registry, *scripts, "--", package]
 
 
 def _run(argv: list[str]) -> str:
@@ -157,8 +160,9 @@ def probe_node(node_bin: str, limits: Limits) -> Runtime:
     install_base: tuple[str, ...] = ()
     if npm:
         install_base = (
+            node_bin,
+            str(PRELUDES / "npm_install.cjs"),
             npm,
-            "install",
             "--no-audit",
             "--no-fund",
             "--no-update-notifier",
