@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -152,7 +153,10 @@ class Execution:
             self._writers[name] = writer
         if writer.size + len(data) > declared.size:
             raise invalid(f"input file {name!r} is larger than its declared size {declared.size}")
-        await asyncio.to_thread(writer.write, data)
+        try:
+            await asyncio.to_thread(writer.write, data)
+        except OSError as exc:
+            raise invalid(self._write_failure(name, exc)) from None
         if eof:
             if writer.size != declared.size:
                 raise invalid(
@@ -165,6 +169,25 @@ class Execution:
                 raise invalid(f"input file: {exc}") from None
             if not self._uploads:
                 self._uploads_done.set()
+
+    def _write_failure(self, name: str, error: OSError) -> str:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            limits = self._config.limits
+            return (
+                f"input file {name!r} does not fit the workspace quota of "
+                f"{describe_size(limits.workspace_size)} and {limits.workspace_files} files "
+                "(SANDBOX_WORKSPACE_SIZE, SANDBOX_WORKSPACE_FILES)"
+            )
+        return f"input file {name!r} could not be written: {error.strerror}"
+
+    def requests_ended(self) -> None:
+        """The client sent its last message: input files still missing never will arrive."""
+        if self._uploads:
+            self.fail(
+                invalid(
+                    f"the request stream ended before these input files were complete: {', '.join(sorted(self._uploads))}"
+                )
+            )
 
     def cancel(self) -> None:
         self.stop(Status.CANCELLED, "the execution was cancelled by the client")
@@ -233,9 +256,12 @@ class Execution:
         try:
             for file in self.spec.files:
                 if not file.chunked:
-                    await asyncio.to_thread(
-                        safefs.write_file, workspace, file.name, file.data, owner=self._uid
-                    )
+                    try:
+                        await asyncio.to_thread(
+                            safefs.write_file, workspace, file.name, file.data, owner=self._uid
+                        )
+                    except OSError as exc:
+                        raise invalid(self._write_failure(file.name, exc)) from None
         except safefs.UnsafePath as exc:
             raise invalid(f"input file: {exc}") from None
         if self._uploads:
@@ -243,7 +269,7 @@ class Execution:
             stopper = asyncio.create_task(self._stop.wait())
             await asyncio.wait(
                 {waiter, stopper},
-                timeout=self._config.max_timeout,
+                timeout=self.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             waiter.cancel()

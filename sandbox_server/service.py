@@ -141,6 +141,7 @@ class SandboxService(pb_grpc.SandboxServicer):
                     raise invalid("`start` may only be the first message of a stream")
                 else:
                     raise invalid("empty request message")
+            execution.requests_ended()
         except RequestError as exc:
             execution.fail(exc)
         except grpc.aio.AioRpcError:

@@ -165,9 +165,7 @@ async def test_failures_after_the_request_arrived_are_not_retried(
         ("the sandbox server is shutting down", SandboxUnavailable),
     ],
 )
-async def test_503_is_retried_max_retries_times(
-    error: str, kind: type[SandboxError]
-) -> None:
+async def test_503_is_retried_max_retries_times(error: str, kind: type[SandboxError]) -> None:
     async with (
         fake_sandbox(503, error) as (url, received),
         HTTPRunner(url, max_retries=3, retry_delay=0.01) as runner,
