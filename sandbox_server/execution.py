@@ -363,7 +363,11 @@ class _Run:
         finally:
             for fd in theirs:
                 os.close(fd)
-        reader, writer, read_transport = await _open_channel(to_server[0], to_code[1])
+        try:
+            reader, writer, read_transport = await _open_channel(to_server[0], to_code[1])
+        except BaseException:
+            await process.kill()
+            raise
         ex._channel = writer
         deadline = self.started + ex.timeout
         pumps = [
@@ -386,7 +390,7 @@ class _Run:
             read_transport.close()
             ex._channel = None
             if ex._uid is not None and not ex.spec.session_id:
-                # A scratch uid is never used again: nothing of it may outlive the run.
+                # A scratch uid goes back to the pool: nothing of it may outlive the run.
                 await ex._launcher.kill_uid(ex._uid)
         return await self._result(process.returncode, timed_out)
 
