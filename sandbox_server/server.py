@@ -15,6 +15,7 @@ from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from .auth import TokenInterceptor
 from .config import Config
 from .core import Sandbox
+from .execution import MAX_MESSAGE
 from .facade import Facade
 from .peers import SandboxedPeerInterceptor
 from .service import SandboxService
@@ -22,7 +23,6 @@ from .service import SandboxService
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
-MAX_MESSAGE = 4 * 1024 * 1024
 
 
 class SandboxServer:

@@ -15,7 +15,67 @@ DEFAULT_MAX_ITERATIONS = 10
 DEFAULT_MAX_CODE_LOGS = 8000
 
 
-class LLMAgent:
+class _SpecAgent:
+    """What LLMAgent and Network share: a spec checked when built, run on demand."""
+
+    def __init__(
+        self,
+        owner: str,
+        name: str,
+        description: str,
+        provider: Provider,
+        *,
+        tools: Iterable[Tool | Callable[..., Any]],
+        agents: tuple[Agent, ...],
+        code_runner: CodeRunner | None,
+        plan_execution: bool,
+        prompt: str | None,
+        max_iterations: int,
+        code_timeout: float | None,
+        max_code_logs: int,
+    ) -> None:
+        check_common(owner, name, description, provider, max_iterations)
+        self._spec = AgentSpec(
+            name=name,
+            description=description,
+            provider=provider,
+            toolset=Toolset.build(
+                owner, tools, agents=agents, code_runner=code_runner, plan_execution=plan_execution
+            ),
+            prompt=prompt,
+            max_iterations=max_iterations,
+            code_timeout=code_timeout,
+            max_code_logs=max_code_logs,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def description(self) -> str:
+        return self._spec.description
+
+    @property
+    def tool_definitions(self) -> list[ToolDefinition]:
+        """The tools exactly as the LLM sees them, built-ins included."""
+        return self._spec.toolset.definitions()
+
+    async def execute(
+        self, task: AgentTask | str, *, on_event: EventHandler | None = None
+    ) -> AgentResult:
+        """Run the task to a final answer or `max_iterations`; `on_event` sees each step live.
+
+        Tool failures never raise: the LLM sees them. A failing provider raises
+        ProviderError. A network's result includes its sub-agents' usage,
+        steps and attachments.
+        """
+        if isinstance(task, str):
+            task = AgentTask(input=task)
+        return await Run(self._spec, task, on_event).run()
+
+
+class LLMAgent(_SpecAgent):
     """An LLM with tools, and optionally code execution (`code_runner`) and plan execution.
 
     Everything is checked here, so a misconfigured agent fails when it is built,
@@ -46,50 +106,18 @@ class LLMAgent:
             code_timeout: seconds per execution; None uses the runner's default.
             max_code_logs: characters of an execution's logs the LLM is shown (the tail).
         """
-        owner = f"agent {name!r}"
-        check_common(owner, name, description, provider, max_iterations)
-        self._spec = AgentSpec(
-            name=name,
-            description=description,
-            provider=provider,
-            toolset=Toolset.build(
-                owner, tools, code_runner=code_runner, plan_execution=plan_execution
-            ),
-            prompt=prompt,
-            max_iterations=max_iterations,
-            code_timeout=code_timeout,
+        super().__init__(
+            f"agent {name!r}", name, description, provider,
+            tools=tools, agents=(), code_runner=code_runner, plan_execution=plan_execution,
+            prompt=prompt, max_iterations=max_iterations, code_timeout=code_timeout,
             max_code_logs=max_code_logs,
-        )
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
-
-    @property
-    def description(self) -> str:
-        return self._spec.description
-
-    @property
-    def tool_definitions(self) -> list[ToolDefinition]:
-        """The tools exactly as the LLM sees them, built-ins included."""
-        return self._spec.toolset.definitions()
-
-    async def execute(
-        self, task: AgentTask | str, *, on_event: EventHandler | None = None
-    ) -> AgentResult:
-        """Run the task to a final answer or `max_iterations`; `on_event` sees each step live.
-
-        Tool failures never raise: the LLM sees them. A failing provider raises ProviderError.
-        """
-        if isinstance(task, str):
-            task = AgentTask(input=task)
-        return await Run(self._spec, task, on_event).run()
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"LLMAgent({self.name!r})"
 
 
-class Network:
+class Network(_SpecAgent):
     """A router LLM that delegates to agents, each seen as a tool `agent_<name>`.
 
     Code run by the network (execute_code) can call the regular tools and the
@@ -111,45 +139,13 @@ class Network:
         code_timeout: float | None = None,
         max_code_logs: int = DEFAULT_MAX_CODE_LOGS,
     ) -> None:
-        owner = f"network {name!r}"
-        check_common(owner, name, description, router_provider, max_iterations)
         self.agents = tuple(agents)
-        self._spec = AgentSpec(
-            name=name,
-            description=description,
-            provider=router_provider,
-            toolset=Toolset.build(
-                owner,
-                tools,
-                agents=self.agents,
-                code_runner=code_runner,
-                plan_execution=plan_execution,
-            ),
-            prompt=prompt,
-            max_iterations=max_iterations,
-            code_timeout=code_timeout,
-            max_code_logs=max_code_logs,
-        )
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
-
-    @property
-    def description(self) -> str:
-        return self._spec.description
-
-    @property
-    def tool_definitions(self) -> list[ToolDefinition]:
-        return self._spec.toolset.definitions()
-
-    async def execute(
-        self, task: AgentTask | str, *, on_event: EventHandler | None = None
-    ) -> AgentResult:
-        """Route the task; usage, steps and attachments of sub-agents are included in the result."""
-        if isinstance(task, str):
-            task = AgentTask(input=task)
-        return await Run(self._spec, task, on_event).run()
+        super().__init__(
+            f"network {name!r}", name, description, router_provider,
+            tools=tools, agents=self.agents, code_runner=code_runner,
+            plan_execution=plan_execution, prompt=prompt, max_iterations=max_iterations,
+            code_timeout=code_timeout, max_code_logs=max_code_logs,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"Network({self.name!r}, agents={[a.name for a in self.agents]})"
