@@ -57,3 +57,24 @@ def _reply(name: str, value: Any) -> DispatchResult:
         return DispatchResult(
             content=f"tool {name!r} returned a value that is not JSON: {exc}", is_error=True
         )
+
+
+async def dispatch_safely(dispatch: Dispatch, call: ToolCall) -> DispatchResult:
+    """The dispatch's answer; an exception becomes a tool error carrying its message.
+
+    Every runner calls the application's dispatch through this one function.
+    """
+    try:
+        reply = await dispatch(call)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled: the execution is over
+        return DispatchResult(content="the tool was cancelled", is_error=True)
+    except Exception as exc:
+        return DispatchResult(content=str(exc) or type(exc).__name__, is_error=True)
+    if not isinstance(reply, DispatchResult):
+        return DispatchResult(
+            content=f"dispatch returned {type(reply).__name__}, not DispatchResult", is_error=True
+        )
+    return reply

@@ -12,6 +12,7 @@ from typing import Any, TypedDict, TypeVar, cast
 
 import grpc
 
+from .._dispatch import dispatch_safely
 from .._types import CodeFile, CodeRequest, CodeResult, Dispatch, DispatchResult, LogChunk
 from ..errors import SandboxError
 from ..sandbox.v1 import sandbox_pb2 as pb
@@ -334,7 +335,7 @@ class _Exchange:
         except ValueError as exc:
             reply = DispatchResult(content=f"tool {message.name!r}: {exc}", is_error=True)
         else:
-            reply = await _dispatch_safely(self._dispatch, call)
+            reply = await dispatch_safely(self._dispatch, call)
         try:
             result = (
                 pb.ToolResult(call_id=message.call_id, error=reply.content or "the tool failed")
@@ -346,21 +347,3 @@ class _Exchange:
                 call_id=message.call_id, error=f"the tool's reply could not be sent: {exc}"
             )
         self._outgoing.put_nowait(pb.ExecuteRequest(tool_result=result))
-
-
-async def _dispatch_safely(dispatch: Dispatch, call: Any) -> DispatchResult:
-    """The dispatch's answer; an exception becomes a tool error carrying its message."""
-    try:
-        reply = await dispatch(call)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # we are being cancelled: the execution is over
-        return DispatchResult(content="the tool was cancelled", is_error=True)
-    except Exception as exc:
-        return DispatchResult(content=str(exc) or type(exc).__name__, is_error=True)
-    if not isinstance(reply, DispatchResult):
-        return DispatchResult(
-            content=f"dispatch returned {type(reply).__name__}, not DispatchResult", is_error=True
-        )
-    return reply

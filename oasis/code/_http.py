@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .._dispatch import dispatch_safely
 from .._types import CodeFile, CodeRequest, CodeResult, Dispatch, DispatchResult, Status, ToolCall
 from ..errors import (
     CapacityExhausted,
@@ -475,7 +476,7 @@ class _CallbackRouter:
             }
         run.calls += 1
         call = ToolCall(id=f"{execution_id}.{run.calls}", name=name, args=args)
-        task = asyncio.create_task(_dispatch(run.dispatch, call))
+        task = asyncio.create_task(dispatch_safely(run.dispatch, call))
         run.tasks.add(task)
         task.add_done_callback(run.tasks.discard)
         try:
@@ -501,15 +502,6 @@ class _Registration:
 
     def __exit__(self, *exc_info: object) -> None:
         self._router.remove(self._execution_id)
-
-
-async def _dispatch(dispatch: Dispatch, call: ToolCall) -> DispatchResult:
-    """Run the application's dispatch; an exception becomes a tool error the code sees."""
-    try:
-        return await dispatch(call)
-    except Exception as exc:
-        log.debug("tool %s raised", call.name, exc_info=True)
-        return DispatchResult(content=str(exc) or type(exc).__name__, is_error=True)
 
 
 class _AsgiHandler:
