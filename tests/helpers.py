@@ -152,3 +152,48 @@ def unmount_leftovers(folder: Path) -> None:
     """Detach workspace tmpfs mounts a killed server process left under `folder`."""
     for mount_point in mounts.mounts_under(folder):
         mounts.unmount(mount_point)
+
+
+class LocalIndex:
+    """A package index on 127.0.0.1: serves `files` (path -> bytes), 404 for the rest, records every request."""
+
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        self.files = files or {}
+        self.requests: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> LocalIndex:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readline()
+            while (await reader.readline()).strip():
+                pass
+            path = request.split()[1].decode()
+            self.requests.append(path)
+            body = self.files.get(path.split("?")[0])
+            status = b"200 OK" if body is not None else b"404 Not Found"
+            body = body if body is not None else b"not found"
+            kind = b"text/html" if path.endswith("/") else b"application/octet-stream"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind
+                + b"\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n" + body
+            )  # fmt: skip
+            await writer.drain()
+        except (ConnectionError, IndexError):
+            pass
+        finally:
+            writer.close()

@@ -9,7 +9,6 @@ the test's marker.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ import grpc
 from sandbox_server.isolation import UID_BASE
 from sandbox_server.server import SandboxServer
 
+from ..helpers import LocalIndex
 from ..sandbox_client import SandboxClient
 from ..server.conftest import ServerProcess, StartProcess, server_process
 
@@ -94,48 +94,3 @@ def execution_processes(uid: int, pid_ns: str = "", marker: str = "") -> list[in
         if in_ns or marked:
             found.append(int(entry))
     return found
-
-
-class LocalIndex:
-    """A package index on 127.0.0.1: serves `files` (path -> bytes), 404 for the rest, records every request."""
-
-    def __init__(self, files: dict[str, bytes] | None = None) -> None:
-        self.files = files or {}
-        self.requests: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> LocalIndex:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readline()
-            while (await reader.readline()).strip():
-                pass
-            path = request.split()[1].decode()
-            self.requests.append(path)
-            body = self.files.get(path.split("?")[0])
-            status = b"200 OK" if body is not None else b"404 Not Found"
-            body = body if body is not None else b"not found"
-            kind = b"text/html" if path.endswith("/") else b"application/octet-stream"
-            writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind
-                + b"\r\nContent-Length: " + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n" + body
-            )  # fmt: skip
-            await writer.drain()
-        except (ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -13,7 +12,7 @@ import pytest
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 
 from ..conftest import StartServer
-from ..helpers import eventually
+from ..helpers import LocalIndex, eventually
 from ..sandbox_client import SandboxClient
 
 RUNTIMES = ["python", "node"]
@@ -257,43 +256,9 @@ async def test_install_package_into_the_session_only(client: SandboxClient, runt
     assert scratch.output == "absent"
 
 
-class RecordingRegistry:
-    """A local package index that answers 404 to everything and records what was asked."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> RecordingRegistry:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readline()
-            while (await reader.readline()).strip():
-                pass
-            self.paths.append(request.split()[1].decode())
-            body = b"not found"
-            writer.write(
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\n" + body
-            )
-            await writer.drain()
-        except (ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.fixture
-async def registry() -> AsyncIterator[RecordingRegistry]:
-    async with RecordingRegistry() as running:
+async def registry() -> AsyncIterator[LocalIndex]:
+    async with LocalIndex() as running:
         yield running
 
 
@@ -319,7 +284,7 @@ try {
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_install_uses_the_configured_index_and_reports_failure(
-    start_server: StartServer, registry: RecordingRegistry, runtime: str
+    start_server: StartServer, registry: LocalIndex, runtime: str
 ) -> None:
     """SANDBOX_PIP_INDEX_URL / SANDBOX_NPM_REGISTRY are used; a failed install raises with the installer's words.
 
@@ -339,7 +304,7 @@ async def test_install_uses_the_configured_index_and_reports_failure(
     assert "oasis-no-such-package" in error
     installer_words = {"python": "No matching distribution", "node": "404"}[runtime]
     assert installer_words in error, error
-    assert any("oasis-no-such-package" in path for path in registry.paths), registry.paths
+    assert any("oasis-no-such-package" in path for path in registry.requests), registry.requests
     assert "=1" not in outcome.output["files"]
 
 
