@@ -5,6 +5,7 @@ An invalid value stops the server at start with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .isolation import Level, Limits
+from .isolation import Level, Limits, Network
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -54,11 +55,20 @@ class Config:
     """The weakest isolation level the server accepts; it fails closed below it."""
     allow_insecure: bool = False
     """SANDBOX_ALLOW_INSECURE=1: permit isolation level `none` (development only)."""
-    network: bool = True
-    """SANDBOX_NETWORK=host (True) or none (False, the code gets only loopback)."""
+    network: Network | None = None
+    """SANDBOX_NETWORK; None (unset): egress where the host can give it, else none."""
+    network_allow: tuple[ipaddress.IPv4Network, ...] = ()
+    """SANDBOX_NETWORK_ALLOW: private ranges the code may reach under egress."""
     limits: Limits = field(default_factory=Limits)
     max_code_size: int = 1 * MIB
     max_input_files: int = 100
+    max_sessions: int = 256
+    """Named sessions that may exist at once; one more is refused (RESOURCE_EXHAUSTED)."""
+    max_connections: int = 1024
+    """Client connections the HTTP facade holds at once (gRPC: streams per connection)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """SANDBOX_ALLOWED_HOSTS: Host header values the HTTP facade accepts besides its
+    listen address, loopback names and the machine's own name (DNS-rebinding defence)."""
     auth_token: str | None = None
     """SANDBOX_AUTH_TOKEN: clients must send `authorization: Bearer <token>`."""
     tls_cert: Path | None = None
@@ -76,7 +86,7 @@ _SIZE_UNITS.update({"g": 1024 * MIB, "gb": 1024 * MIB, "gib": 1024 * MIB})
 
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `30m`, `2h` or `250ms`."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m or 2h")
     return float(match[1]) * _DURATION_UNITS[match[2]]
@@ -84,7 +94,7 @@ def parse_duration(text: str) -> float:
 
 def parse_size(text: str) -> int:
     """Bytes from `524288`, `512KiB`, `4MiB` or `1G`."""
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a size such as 524288, 512KiB or 4MiB")
     return int(match[1]) * _SIZE_UNITS[(match[2] or "").lower()]
@@ -138,9 +148,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             "SANDBOX_ISOLATION: `none` runs untrusted code with the server's own rights; "
             "it is for development only and needs SANDBOX_ALLOW_INSECURE=1"
         )
-    network = (get("SANDBOX_NETWORK") or "host").lower()
-    if network not in ("host", "none"):
-        raise ConfigError(f"SANDBOX_NETWORK: {network!r} is not `host` or `none`")
+    network = parsed("SANDBOX_NETWORK", Network.parse, default=None)
+    network_allow = _networks("SANDBOX_NETWORK_ALLOW", get("SANDBOX_NETWORK_ALLOW"))
 
     limits = Limits(
         cpu_time=parsed("SANDBOX_CPU_TIME", parse_duration, minimum=1, default=Limits.cpu_time),
@@ -195,10 +204,18 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         npm_registry=get("SANDBOX_NPM_REGISTRY"),
         isolation=isolation,
         allow_insecure=allow_insecure,
-        network=network == "host",
+        network=network,
+        network_allow=network_allow,
         limits=limits,
         max_code_size=parsed("SANDBOX_MAX_CODE_SIZE", parse_size, minimum=1, default=1 * MIB),
         max_input_files=parsed("SANDBOX_MAX_INPUT_FILES", positive_int, minimum=1, default=100),
+        max_sessions=parsed("SANDBOX_MAX_SESSIONS", positive_int, minimum=1, default=256),
+        max_connections=parsed("SANDBOX_MAX_CONNECTIONS", positive_int, minimum=8, default=1024),
+        allowed_hosts=tuple(
+            host.strip().lower()
+            for host in (get("SANDBOX_ALLOWED_HOSTS") or "").split(",")
+            if host.strip()
+        ),
         auth_token=get("SANDBOX_AUTH_TOKEN"),
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -214,6 +231,19 @@ def _flag(name: str, value: str | None) -> bool:
     raise ConfigError(f"{name}: {value!r} is not 1 or 0")
 
 
+def _networks(name: str, value: str | None) -> tuple[ipaddress.IPv4Network, ...]:
+    """A comma-separated list of IPv4 CIDRs (egress has no IPv6)."""
+    found = []
+    for item in filter(None, (part.strip() for part in (value or "").split(","))):
+        try:
+            found.append(ipaddress.IPv4Network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {item!r} is not an IPv4 address or CIDR such as 10.1.2.0/24"
+            ) from None
+    return tuple(found)
+
+
 def _file(name: str, value: str | None) -> Path | None:
     if value is None:
         return None
@@ -225,7 +255,7 @@ def _file(name: str, value: str | None) -> Path | None:
 
 def _address(name: str, value: str) -> str:
     """`host:port` as given; an empty host means all interfaces."""
-    match = re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):(\d{1,5})$", value)
+    match = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]*):(\d{1,5})", value)
     if not match or int(match[2]) > 65535:
         raise ConfigError(f"{name}: {value!r} is not host:port (such as 127.0.0.1:9000 or :9000)")
     return value

@@ -11,14 +11,15 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import __version__, safefs
 from .config import Config
 from .errors import Code, RequestError, invalid
 from .execution import Execution
-from .isolation import Level, Policy, readable_roots
-from .launcher import Launcher
+from .isolation import Level, Network, Policy, readable_roots
+from .launcher import IsolationUnavailable, Launcher
+from .launcher.network import Egress, NetworkUnavailable, write_resolv_conf
 from .model import ExecutionSpec, Status
 from .runtimes import PRELUDES, Runtime, probe_all
 from .sessions import Workspaces, check_session_id
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 _REMEMBERED_IDS = 100_000
 _MAX_ENV_VARS = 128
 _MAX_ENV_BYTES = 64 * 1024
-_EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,22 @@ class Sandbox:
     async def start(cls, config: Config) -> Sandbox:
         """Probe runtimes and isolation; IsolationUnavailable when below SANDBOX_ISOLATION."""
         runtimes = await asyncio.to_thread(probe_all, config)
-        workspaces = Workspaces(config.workspace_root, ttl=config.session_ttl, limits=config.limits)
+        workspaces = Workspaces(
+            config.workspace_root,
+            ttl=config.session_ttl,
+            limits=config.limits,
+            max_sessions=config.max_sessions,
+        )
         await workspaces.start()
         try:
             launcher = await asyncio.to_thread(_create_launcher, config, runtimes, workspaces.quota)
+            await _choose_network(config, launcher)
         except BaseException:
             await workspaces.close()
             raise
         workspaces.per_session_uid = launcher.level >= Level.UID
+        if launcher.policy.network is Network.EGRESS:
+            workspaces.egress = launcher.egress
         return cls(config, runtimes, launcher, workspaces)
 
     async def close(self) -> None:
@@ -78,6 +87,10 @@ class Sandbox:
     @property
     def isolation(self) -> str:
         return self._launcher.level.label
+
+    @property
+    def network(self) -> Network:
+        return self._launcher.policy.network
 
     def info(self) -> Info:
         return Info(
@@ -159,7 +172,7 @@ class Sandbox:
             raise invalid(
                 f"unsupported runtime: {spec.runtime}; supported: {', '.join(self.runtimes)}"
             )
-        if spec.execution_id and not _EXECUTION_ID.match(spec.execution_id):
+        if spec.execution_id and not _EXECUTION_ID.fullmatch(spec.execution_id):
             raise invalid(
                 f"invalid execution_id {spec.execution_id[:140]!r}: use 1-128 characters "
                 "from A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -188,7 +201,7 @@ class Sandbox:
                 f"env: at most {_MAX_ENV_VARS} variables and {_MAX_ENV_BYTES} bytes in all"
             )
         for name, value in spec.env.items():
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise invalid(f"environment variable name {name!r} is not valid")
             if "\0" in value:
                 raise invalid(f"environment variable {name} contains a NUL byte")
@@ -221,7 +234,8 @@ def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) 
         level=config.isolation,
         pid_namespace=True,
         limits=config.limits,
-        network=config.network,
+        # Settled after the level is known (_choose_network); probes run without a network.
+        network=Network.NONE,
         readable=readable_roots(readable),
     )
     python = runtimes["python"]
@@ -235,3 +249,46 @@ def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) 
         probe_argv=probe,
         strongest=strongest,
     )
+
+
+async def _choose_network(config: Config, launcher: Launcher) -> None:
+    """Settle SANDBOX_NETWORK against what this host can give; fail closed when asked for more.
+
+    Unset, it is egress where slirp4netns works, else none (never host, which
+    would hand the code the server's own ports).
+    """
+    wanted = config.network
+    egress: Egress | None = None
+    if launcher.level < Level.NAMESPACES:
+        if wanted in (Network.EGRESS, Network.NONE):
+            raise IsolationUnavailable(
+                f"SANDBOX_NETWORK={wanted.value} needs isolation level `namespaces`, and this "
+                f"host gives `{launcher.level.label}`: set SANDBOX_NETWORK=host (with a token)"
+            )
+        chosen = Network.HOST
+    elif wanted is Network.HOST:
+        chosen = Network.HOST
+    else:
+        candidate = Egress(launcher.init_binary, allow=config.network_allow)
+        try:
+            await candidate.probe()
+            egress = candidate
+        except NetworkUnavailable as exc:
+            if wanted is Network.EGRESS:
+                raise IsolationUnavailable(f"SANDBOX_NETWORK=egress: {exc}") from None
+            log.warning(
+                "the code gets no network (SANDBOX_NETWORK=none) and install_package cannot "
+                "reach a package index: egress networks need slirp4netns (%s)",
+                exc,
+            )
+        chosen = wanted or (Network.EGRESS if egress else Network.NONE)
+    if chosen is Network.HOST and not config.auth_token:
+        log.warning(
+            "SANDBOX_NETWORK=host without SANDBOX_AUTH_TOKEN: sandboxed code shares this "
+            "host's network and reaches every local service; set a token"
+        )
+    resolv_conf = None
+    if chosen is Network.EGRESS:
+        resolv_conf = str(write_resolv_conf(config.workspace_root / "etc"))
+    launcher.policy = replace(launcher.policy, network=chosen, resolv_conf=resolv_conf)
+    launcher.egress = egress

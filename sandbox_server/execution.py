@@ -29,6 +29,7 @@ from .config import MIB, Config
 from .errors import RequestError, invalid
 from .isolation import describe_size, limit_hint
 from .launcher import Launcher, LaunchSpec, Process
+from .launcher.network import installer_network
 from .logs import LogCollector
 from .mime import guess_mime
 from .model import (
@@ -44,7 +45,7 @@ from .model import (
     ToolCallEvent,
 )
 from .runtimes import Runtime
-from .sessions import Workspaces
+from .sessions import Workspace, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class Execution:
         self._workspace: Path | None = None
         self._workspace_ready = asyncio.Event()
         self._uid: int | None = None
+        self._lease: Workspace | None = None
         self._calls: dict[str, str] = {}  # client call id -> prelude reply id
         self._channel: asyncio.StreamWriter | None = None
         self._closed = False
@@ -235,7 +237,7 @@ class Execution:
                 await self._events.put(
                     Started(self.execution_id, self.spec.session_id, self._runtime.name)
                 )
-                self._workspace, self._uid = lease.path, lease.uid
+                self._workspace, self._uid, self._lease = lease.path, lease.uid, lease
                 self._workspace_ready.set()
                 result = await self._prepare_and_execute(lease.path)
                 if result is not None and self._abort is None:
@@ -346,6 +348,8 @@ class _Run:
             for fd in theirs:
                 os.fchown(fd, ex._uid, ex._uid)
         try:
+            assert ex._lease is not None
+            network = await ex._workspaces.network(ex._lease)
             process = await ex._launcher.start(
                 LaunchSpec(
                     argv=[*ex._runtime.argv, *map(str, theirs)],
@@ -354,6 +358,7 @@ class _Run:
                     pass_fds=theirs,
                     uid=ex._uid,
                     memory=ex._runtime.address_space,
+                    netns_fd=network.fd if network else None,
                 )
             )
         except BaseException:
@@ -508,11 +513,15 @@ class _Run:
         try:
             if not runtime.install_base:
                 raise invalid(f"no package installer is available for {runtime.name}")
-            argv = runtime.install_argv(package, self.workspace, ex._config)
+            argv = runtime.install_argv(
+                package, self.workspace, ex._config, ex._launcher.policy.network
+            )
             async with self.install_lock:
                 error = await self._run_installer(argv)
         except RequestError as exc:
             error = exc.message
+        except OSError as exc:  # no network for the installer: it says why
+            error = str(exc)
         finally:
             self.installs_pending -= 1
         await ex._reply({"type": "install_result", "id": reply_id, "error": error})
@@ -526,23 +535,24 @@ class _Run:
             "HOME": "/tmp",
             "LANG": "C.UTF-8",
         }
-        process = await ex._launcher.start(
-            LaunchSpec(
-                argv=argv,
-                cwd=self.workspace,
-                env=env,
-                uid=ex._uid,
-                network=True,
-                memory=ex._runtime.address_space,
-                # npm works in a private staging folder under /tmp.
-                tmp_size=ex._config.limits.workspace_size,
+        async with installer_network(ex._launcher.egress, ex._runtime.index_hosts) as network:
+            process = await ex._launcher.start(
+                LaunchSpec(
+                    argv=argv,
+                    cwd=self.workspace,
+                    env=env,
+                    uid=ex._uid,
+                    memory=ex._runtime.address_space,
+                    # npm works in a private staging folder under /tmp.
+                    tmp_size=ex._config.limits.workspace_size,
+                    netns_fd=network.fd if network else None,
+                )
             )
-        )
-        try:
-            out, err = await asyncio.gather(_tail(process.stdout), _tail(process.stderr))
-            code = await process.wait()
-        finally:
-            await process.kill()
+            try:
+                out, err = await asyncio.gather(_tail(process.stdout), _tail(process.stderr))
+                code = await process.wait()
+            finally:
+                await process.kill()
         if code == 0:
             return ""
         text = (err or out).decode(errors="replace").strip()

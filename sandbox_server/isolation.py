@@ -19,6 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class Network(enum.Enum):
+    """What the code's network namespace can reach (SANDBOX_NETWORK)."""
+
+    EGRESS = "egress"
+    """A network namespace per session with outbound access through a user-mode
+    stack (slirp4netns): public addresses only, never the host, its loopback,
+    link-local or private ranges (unless allowed by SANDBOX_NETWORK_ALLOW)."""
+    NONE = "none"
+    """Only the execution's own loopback."""
+    HOST = "host"
+    """The server's own network: unsafe without a token (the code can reach every local port)."""
+
+    @classmethod
+    def parse(cls, text: str) -> Network:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise ValueError(f"{text!r} is not one of egress, none, host") from None
+
+
 class Level(enum.IntEnum):
     NONE = 0
     UID = 1
@@ -76,8 +96,9 @@ class Policy:
     level: Level
     pid_namespace: bool
     limits: Limits
-    network: bool
-    """The default for code: host network (True) or loopback only (False)."""
+    network: Network
+    resolv_conf: str | None = None
+    """The sandbox's /etc/resolv.conf inside an egress network (slirp4netns's DNS)."""
     readable: tuple[str, ...] = ()
     """Host folders the code needs to read (runtimes, preludes), bound read-only."""
 
@@ -87,16 +108,22 @@ class Policy:
         uid: int | None,
         workspace: Path,
         memory: int | None,
-        network: bool | None,
+        netns_fd: int | None = None,
         tmp_size: int | None = None,
     ) -> list[str]:
+        """`netns_fd`: join this network namespace (a session's egress network);
+        without it the code gets the host's network (HOST) or its own loopback."""
         args: list[str] = ["--pidns"] if self.pid_namespace else []
         if self.level is Level.NONE:
             return args
         limits = self.limits
         if self.level is Level.NAMESPACES:
             args += ["--ipcns", "--utsns", "--root", "--tmp-size", str(tmp_size or limits.tmp_size)]
-            if not (self.network if network is None else network):
+            if netns_fd is not None:
+                args += ["--join-netns", str(netns_fd)]
+                if self.resolv_conf:
+                    args += ["--resolv-conf", self.resolv_conf]
+            elif self.network is not Network.HOST:
                 args.append("--netns")
             for path in self.readable:
                 args += ["--ro", path]

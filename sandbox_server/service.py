@@ -188,5 +188,5 @@ class SandboxService(pb_grpc.SandboxServicer):
             ),
             isolation=info.isolation,
             server_version=info.version,
-            network="host" if config.network else "none",
+            network=self._sandbox.network.value,
         )

@@ -23,15 +23,16 @@ from pathlib import Path
 from . import mounts
 from .errors import Code, RequestError, invalid
 from .isolation import UID_BASE, UID_BLOCK, UID_COUNT, Limits
+from .launcher.network import Egress, SessionNetwork
 from .safefs import remove_tree
 
 log = logging.getLogger(__name__)
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_session_id(session_id: str) -> None:
-    if not SESSION_ID.match(session_id):
+    if not SESSION_ID.fullmatch(session_id):
         raise invalid(
             f"invalid session_id {session_id[:140]!r}: use 1-128 characters from "
             "A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -63,7 +64,7 @@ class Workspaces:
     outlive the server: leftovers of an earlier run are removed at start.
     """
 
-    def __init__(self, root: Path, *, ttl: float, limits: Limits) -> None:
+    def __init__(self, root: Path, *, ttl: float, limits: Limits, max_sessions: int = 256) -> None:
         self._root = root
         self._sessions_dir = root / "sessions"
         self._scratch_dir = root / "scratch"
@@ -75,8 +76,13 @@ class Workspaces:
         self._next_uid = 0
         self._uid_block = UID_BASE + secrets.randbelow(UID_COUNT // UID_BLOCK) * UID_BLOCK
         self._uids_in_use: set[int] = set()
+        self._max_sessions = max_sessions
+        self._networks: dict[Path, SessionNetwork] = {}
+        self._network_locks: dict[Path, asyncio.Lock] = {}
         self.per_session_uid = False
         self.quota = False
+        self.egress: Egress | None = None
+        """Set when each workspace's code gets its own egress network (SANDBOX_NETWORK=egress)."""
 
     async def start(self) -> None:
         for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
@@ -108,6 +114,13 @@ class Workspaces:
         check_session_id(session_id)
         session = self._sessions.get(session_id)
         if session is None:
+            if len(self._sessions) >= self._max_sessions:
+                raise RequestError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"{len(self._sessions)} sessions exist (SANDBOX_MAX_SESSIONS="
+                    f"{self._max_sessions}); delete one you no longer need, or retry after "
+                    "idle sessions expire",
+                )
             workspace = self._create(self._sessions_dir / session_id)
             session = self._sessions[session_id] = _Session(workspace)
         session.active += 1
@@ -131,6 +144,17 @@ class Workspaces:
         del self._sessions[session_id]
         await self._discard(session.workspace)
         return True
+
+    async def network(self, workspace: Workspace) -> SessionNetwork | None:
+        """The workspace's own egress network, made on first use and kept with the workspace."""
+        if self.egress is None:
+            return None
+        lock = self._network_locks.setdefault(workspace.path, asyncio.Lock())
+        async with lock:
+            network = self._networks.get(workspace.path)
+            if network is None:
+                network = self._networks[workspace.path] = await self.egress.create()
+            return network
 
     def is_known(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -176,7 +200,11 @@ class Workspaces:
         return True
 
     async def _discard(self, workspace: Workspace) -> None:
+        self._network_locks.pop(workspace.path, None)
+        network = self._networks.pop(workspace.path, None)
         try:
+            if network is not None:
+                await network.close()
             await self._remove(workspace.path)
         finally:
             if workspace.uid is not None:

@@ -16,6 +16,8 @@ from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_server import mounts
 
+from .nethost import TestHost
+
 
 async def eventually(
     check: Callable[[], object],
@@ -155,20 +157,32 @@ def unmount_leftovers(folder: Path) -> None:
 
 
 class LocalIndex:
-    """A package index on 127.0.0.1: serves `files` (path -> bytes), 404 for the rest, records every request."""
+    """A package index: serves `files` (path -> bytes), 404 for the rest, records every request.
 
-    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+    It listens on 127.0.0.1, or on a test host when given one: installers in an
+    isolated network reach package indexes only at addresses the host routes.
+    """
+
+    def __init__(self, files: dict[str, bytes] | None = None, *, host: TestHost | None = None):
         self.files = files or {}
         self.requests: list[str] = []
         self.port = 0
+        self._host = host
         self._server: asyncio.Server | None = None
 
     @property
+    def address(self) -> str:
+        return self._host.address if self._host else "127.0.0.1"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     async def __aenter__(self) -> LocalIndex:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        if self._host is None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        else:
+            self._server = await asyncio.start_server(self._handle, sock=self._host.listen())
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

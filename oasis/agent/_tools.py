@@ -124,7 +124,7 @@ def tool(
 
 
 def check_tool_name(name: str) -> None:
-    if not TOOL_NAME.match(name):
+    if not TOOL_NAME.fullmatch(name):
         raise AgentDefinitionError(
             f"tool name {name!r} is invalid: use 1 to 64 letters, digits, '_' or '-'"
         )

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..isolation import UID_BASE, Level, Policy
 from .build import BuildError, ensure_init_binary
+from .network import Egress
 
 __all__ = ["BuildError", "IsolationUnavailable", "LaunchSpec", "Launcher", "Process"]
 
@@ -39,8 +40,11 @@ class LaunchSpec:
     pass_fds: Sequence[int] = ()
     uid: int | None = None
     """The session's uid (ignored at isolation level `none`)."""
-    network: bool | None = None
-    """Override the policy's network default (installers need the network)."""
+    netns_fd: int | None = None
+    """An open network namespace to join (a session's egress network); None for the
+    policy's default (the host's network, or the execution's own loopback)."""
+    cgroups: tuple[str, ...] = ()
+    """Cgroup folders (one per v1 hierarchy, or one v2 folder) the process tree runs in."""
     memory: int | None = None
     """Address-space limit in bytes, or None."""
     tmp_size: int | None = None
@@ -93,7 +97,10 @@ class Launcher:
 
     def __init__(self, init_binary: Path, policy: Policy) -> None:
         self._init = str(init_binary)
+        self.init_binary = init_binary
         self.policy = policy
+        self.egress: Egress | None = None
+        """Makes egress-only networks (sessions under egress; installers unless the network is host)."""
 
     @property
     def level(self) -> Level:
@@ -146,7 +153,7 @@ class Launcher:
                     os.chown(folder, uid, uid)
                 except PermissionError:
                     return "the server cannot give files to other users (run it as root)"
-            args = self.policy.init_args(uid=uid, workspace=Path(folder), memory=None, network=None)
+            args = self.policy.init_args(uid=uid, workspace=Path(folder), memory=None)
             return _runs([self._init, *args, "--", *argv], cwd=folder)
 
     async def start(self, spec: LaunchSpec) -> Process:
@@ -154,14 +161,34 @@ class Launcher:
             uid=spec.uid,
             workspace=spec.cwd,
             memory=spec.memory,
-            network=spec.network,
+            netns_fd=spec.netns_fd,
             tmp_size=spec.tmp_size,
         )
+        for folder in spec.cgroups:
+            args += ["--cgroup", folder]
         for name, value in spec.env.items():
             args += ["--env", f"{name}={value}"]
-        proc = await asyncio.create_subprocess_exec(
+        # The options travel through a memfd, not the command line: the code can
+        # read /proc/1/cmdline, which must not show env values or host paths.
+        options = _options_fd(args)
+        pass_fds = (
+            options,
+            *spec.pass_fds,
+            *([spec.netns_fd] if spec.netns_fd is not None else []),
+        )
+        try:
+            proc = await self._spawn(spec, options, pass_fds)
+        finally:
+            os.close(options)
+        return Process(proc)
+
+    async def _spawn(
+        self, spec: LaunchSpec, options: int, pass_fds: tuple[int, ...]
+    ) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
             self._init,
-            *args,
+            "--args-fd",
+            str(options),
             "--",
             *spec.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -172,15 +199,23 @@ class Launcher:
             # must see no LD_PRELOAD or the like. The code's variables travel
             # as --env and are applied only when the code itself is exec'd.
             env={},
-            pass_fds=tuple(spec.pass_fds),
+            pass_fds=pass_fds,
             start_new_session=True,
         )
-        return Process(proc)
 
     async def kill_uid(self, uid: int) -> None:
         """Kill every process of a session uid (the clean-up of level `uid`)."""
         if self.level is Level.UID:
             await asyncio.to_thread(_kill_uid, uid)
+
+
+def _options_fd(args: list[str]) -> int:
+    """An in-memory file holding the NUL-separated options, read from offset 0."""
+    fd = os.memfd_create("oasis-init-options", os.MFD_CLOEXEC)
+    data = b"".join(arg.encode() + b"\0" for arg in args)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _runs(argv: list[str], cwd: str | None = None) -> str | None:

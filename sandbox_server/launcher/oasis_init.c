@@ -9,6 +9,11 @@
  *   --pidns            own pid namespace; a tiny init (pid 1) reaps orphans and,
  *                      when PROGRAM ends, takes every other process down with it
  *   --netns            own network namespace with only loopback
+ *   --join-netns FD    join the network namespace open on FD (a session's
+ *                      egress network, prepared by the server)
+ *   --resolv-conf PATH with --root: bind PATH as /etc/resolv.conf
+ *   --cgroup DIR       move into this cgroup before anything starts
+ *                      (repeatable: one folder per cgroup v1 hierarchy)
  *   --ipcns --utsns    own System V IPC and hostname
  *   --root             own mount namespace and a new root: read-only binds of
  *                      the system folders and of each --ro PATH, each --rw PATH
@@ -24,6 +29,13 @@
  *                      started with an empty environment: the dynamic loader
  *                      would honour LD_PRELOAD and the like. These variables
  *                      are given only to PROGRAM, by execve, after the drop.
+ *   --args-fd FD       read further options from FD, NUL-separated, so that
+ *                      they (env values, host paths) never show in
+ *                      /proc/PID/cmdline, which the code can read
+ *
+ *   oasis-init --hold-netns
+ *                      create a network namespace with loopback up, print
+ *                      "ready", and keep it alive until stdin closes
  *
  * Exit status: PROGRAM's own (its exit code, or death by the same signal);
  * 125 when a setup step failed (the reason is on stderr). oasis-init is the
@@ -59,6 +71,8 @@
 #define MAX_PATHS 32
 #define MAX_LIMITS 8
 #define MAX_ENV 256
+#define MAX_CGROUPS 8
+#define MAX_ARGS_BYTES (1 << 20)
 
 struct options {
     int pidns, netns, ipcns, utsns, root, seccomp;
@@ -73,6 +87,10 @@ struct options {
     int n_limits;
     char *env[MAX_ENV + 1];
     int n_env;
+    int join_netns;
+    const char *resolv_conf;
+    const char *cgroups[MAX_CGROUPS];
+    int n_cgroups;
     char **argv;
 };
 
@@ -169,11 +187,56 @@ static void mkdirs(const char *path, mode_t mode) {
     if (mkdir(buf, mode) != 0 && errno != EEXIST) die(buf);
 }
 
+static void bind_from(const char *source, const char *path, int writable, int optional);
+
+/* Mount attributes on a whole tree: a bind of /usr must not leave a file
+   system mounted below it writable (or with suid and devices). */
+struct oasis_mount_attr {
+    unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
+#define OASIS_ATTR_RDONLY 0x1ULL
+#define OASIS_ATTR_NOSUID 0x2ULL
+#define OASIS_ATTR_NODEV 0x4ULL
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+
+/* Older kernels lack mount_setattr: remount each mount at or below `path`. */
+static void remount_each(const char *path, unsigned long flags) {
+    FILE *info = fopen("/proc/self/mountinfo", "re");
+    if (!info) info = fopen("/oldroot/proc/self/mountinfo", "re");
+    if (!info) die("mountinfo");
+    size_t len = strlen(path);
+    char line[8192];
+    while (fgets(line, sizeof line, info)) {
+        char point[4096];
+        /* id parent major:minor root mount-point ... */
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1) continue;
+        if (strncmp(point, path, len) != 0 || (point[len] != '\0' && point[len] != '/')) continue;
+        if (mount(NULL, point, NULL, flags, NULL) != 0 && errno != EACCES && errno != EPERM) die(point);
+    }
+    fclose(info);
+}
+
+static void restrict_tree(const char *path, int writable) {
+    struct oasis_mount_attr attr = {OASIS_ATTR_NOSUID | OASIS_ATTR_NODEV, 0, 0, 0};
+    if (!writable) attr.attr_set |= OASIS_ATTR_RDONLY;
+    if (syscall(__NR_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof attr) == 0) return;
+    if (errno != ENOSYS) die(path);
+    unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (writable ? 0 : MS_RDONLY);
+    if (mount(NULL, path, NULL, flags, NULL) != 0) die(path);
+    remount_each(path, flags);
+}
+
 /* Bind /oldroot/PATH at PATH in the new root, read-only unless writable. */
 static void bind_path(const char *path, int writable, int optional) {
     char source[4096];
-    struct stat st;
     snprintf(source, sizeof source, "/oldroot%s", path);
+    bind_from(source, path, writable, optional);
+}
+
+static void bind_from(const char *source, const char *path, int writable, int optional) {
+    struct stat st;
     if (lstat(source, &st) != 0) {
         if (optional) return;
         die(source);
@@ -184,11 +247,12 @@ static void bind_path(const char *path, int writable, int optional) {
         ssize_t n = readlink(source, target, sizeof target - 1);
         if (n < 0) die(source);
         target[n] = '\0';
-        char *slash = strrchr(source + 8, '/');
-        if (slash && slash != source + 8) {
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", path);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
             *slash = '\0';
-            mkdirs(source + 8, 0755);
-            *slash = '/';
+            mkdirs(parent, 0755);
         }
         if (symlink(target, path) != 0 && errno != EEXIST) die(path);
         return;
@@ -208,9 +272,7 @@ static void bind_path(const char *path, int writable, int optional) {
         close(fd);
     }
     if (mount(source, path, NULL, MS_BIND | MS_REC, NULL) != 0) die(path);
-    unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV;
-    if (!writable) flags |= MS_RDONLY;
-    if (mount(NULL, path, NULL, flags, NULL) != 0) die(path);
+    restrict_tree(path, writable);
 }
 
 static void bind_device(const char *name) {
@@ -246,7 +308,15 @@ static void build_root(const struct options *o) {
 
     for (const char **d = SYSTEM_DIRS; *d; d++) bind_path(*d, 0, 1);
     mkdirs("/etc", 0755);
-    for (const char **f = ETC_FILES; *f; f++) bind_path(*f, 0, 1);
+    for (const char **f = ETC_FILES; *f; f++) {
+        if (o->resolv_conf && strcmp(*f, "/etc/resolv.conf") == 0) {
+            char source[4096];
+            snprintf(source, sizeof source, "/oldroot%s", o->resolv_conf);
+            bind_from(source, *f, 0, 0);
+        } else {
+            bind_path(*f, 0, 1);
+        }
+    }
     char tmp_opts[64];
     snprintf(tmp_opts, sizeof tmp_opts, "mode=1777,size=%lld", o->tmp_size);
     mkdirs("/tmp", 01777);
@@ -394,6 +464,18 @@ static void exec_program(const struct options *o) {
     _exit(127);
 }
 
+/* pid 1 only waits and reports: it keeps no capability, runs as nobody (so
+   the code's uid can neither signal it nor read its memory) and is under the
+   same seccomp filter as the code. */
+static void drop_init_privileges(const struct options *o) {
+    const uid_t nobody = 65534;
+    if (setgroups(0, NULL) != 0) die("setgroups");
+    if (setresgid(nobody, nobody, nobody) != 0) die("setresgid");
+    if (setresuid(nobody, nobody, nobody) != 0) die("setresuid");
+    prctl(PR_SET_DUMPABLE, 0);
+    if (o->seccomp) install_seccomp();
+}
+
 /*
  * pid 1 of the namespace: runs the program as pid 2, reaps orphans, and
  * reports the program's wait status to the supervisor through `report`.
@@ -409,6 +491,7 @@ static void namespace_init(const struct options *o, int report) {
         close(report);
         exec_program(o);
     }
+    if (o->uid >= 0) drop_init_privileges(o);
     int status = 0;
     for (;;) {
         int st;
@@ -421,6 +504,58 @@ static void namespace_init(const struct options *o, int report) {
     }
     if (write(report, &status, sizeof status) != (ssize_t)sizeof status) _exit(125);
     _exit(0);
+}
+
+static void join_cgroup(const char *dir) {
+    char path[4096], pid[32];
+    snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) die(path);
+    int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (write(fd, pid, (size_t)n) != n) die(path);
+    close(fd);
+}
+
+/* --hold-netns: a network namespace that lives as long as our stdin is open. */
+static int hold_netns(void) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (unshare(CLONE_NEWNET) != 0) die("unshare network namespace");
+    loopback_up();
+    if (write(STDOUT_FILENO, "ready\n", 6) != 6) die("write ready");
+    char buf[64];
+    while (read(STDIN_FILENO, buf, sizeof buf) > 0) {
+    }
+    return 0;
+}
+
+/* Options after --args-fd come from the fd, NUL-separated, followed by the
+   rest of the command line (the PROGRAM part). */
+static char **expand_args_fd(int argc, char **argv, int *new_argc) {
+    int fd = atoi(argv[2]);
+    char *buf = malloc(MAX_ARGS_BYTES + 1);
+    if (!buf) die("malloc");
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + used, MAX_ARGS_BYTES - used);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) die("read --args-fd");
+        if (n == 0) break;
+        used += (size_t)n;
+        if (used == MAX_ARGS_BYTES) die_msg("--args-fd", "options too long");
+    }
+    close(fd);
+    buf[used] = '\0';
+    int tokens = 0;
+    for (size_t i = 0; i < used; i++) tokens += buf[i] == '\0';
+    char **out = calloc((size_t)(argc + tokens + 2), sizeof *out);
+    if (!out) die("calloc");
+    int k = 0;
+    out[k++] = argv[0];
+    for (size_t i = 0; i < used; i += strlen(buf + i) + 1) out[k++] = buf + i;
+    for (int i = 3; i < argc; i++) out[k++] = argv[i];
+    out[k] = NULL;
+    *new_argc = k;
+    return out;
 }
 
 static int parse_limit(const char *spec, int *res, rlim_t *value) {
@@ -446,6 +581,7 @@ static int parse_limit(const char *spec, int *res, rlim_t *value) {
 static void parse_options(int argc, char **argv, struct options *o) {
     memset(o, 0, sizeof *o);
     o->uid = o->gid = -1;
+    o->join_netns = -1;
     o->tmp_size = 64LL << 20;
     int i = 1;
     for (; i < argc; i++) {
@@ -462,6 +598,13 @@ static void parse_options(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--ro") == 0 && o->n_ro < MAX_PATHS) { o->ro[o->n_ro++] = next; i++; }
         else if (strcmp(a, "--rw") == 0 && o->n_rw < MAX_PATHS) { o->rw[o->n_rw++] = next; i++; }
         else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = atoll(next); i++; }
+        else if (strcmp(a, "--join-netns") == 0) { o->join_netns = atoi(next); i++; }
+        else if (strcmp(a, "--resolv-conf") == 0) { o->resolv_conf = next; i++; }
+        else if (strcmp(a, "--cgroup") == 0) {
+            if (o->n_cgroups >= MAX_CGROUPS) die_msg("too many --cgroup", next);
+            o->cgroups[o->n_cgroups++] = next;
+            i++;
+        }
         else if (strcmp(a, "--env") == 0) {
             if (o->n_env >= MAX_ENV) die_msg("too many --env", next);
             o->env[o->n_env++] = (char *)next;
@@ -482,6 +625,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0) return hold_netns();
+    if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
     struct options o;
     parse_options(argc, argv, &o);
 
@@ -489,6 +634,13 @@ int main(int argc, char **argv) {
     /* If the server dies, take the whole execution down with us. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) die("subreaper");
+
+    /* Children inherit the cgroup: join before anything is forked. */
+    for (int i = 0; i < o.n_cgroups; i++) join_cgroup(o.cgroups[i]);
+    if (o.join_netns >= 0) {
+        if (setns(o.join_netns, CLONE_NEWNET) != 0) die("join network namespace");
+        close(o.join_netns);
+    }
 
     int flags = (o.pidns ? CLONE_NEWPID : 0) | (o.netns ? CLONE_NEWNET : 0) | (o.ipcns ? CLONE_NEWIPC : 0) |
                 (o.utsns ? CLONE_NEWUTS : 0) | (o.root ? CLONE_NEWNS : 0);

@@ -12,12 +12,13 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
 from ..errors import invalid
-from ..isolation import Limits
+from ..isolation import Limits, Network
 
 PRELUDES = Path(__file__).with_name("preludes")
 
@@ -60,6 +61,8 @@ class Runtime:
     """Host paths the sandboxed interpreter must be able to read."""
     address_space: int | None = None
     """RLIMIT_AS for the code's processes, or None."""
+    index_hosts: tuple[str, ...] = ()
+    """Hosts the package installer downloads from: its only routes out under egress and none."""
 
     def start_message(self, code: str, workspace: Path, execution_id: str) -> dict[str, object]:
         packages = workspace / PACKAGES_DIR
@@ -71,18 +74,20 @@ class Runtime:
             }
         return {"type": "start", "code": code, "module": str(packages / f"run-{execution_id}.mjs")}
 
-    def install_argv(self, package: str, workspace: Path, config: Config) -> list[str]:
+    def install_argv(
+        self, package: str, workspace: Path, config: Config, network: Network
+    ) -> list[str]:
         """The installer command for one package; the name is an argument, never shell text."""
         if (
             len(package) > 214
-            or not self.package_pattern.match(package)
+            or not self.package_pattern.fullmatch(package)
             or _ARCHIVE_NAME.search(package)
         ):
             raise invalid(f"{package!r} is not a valid {self.name} package name")
         packages = workspace / PACKAGES_DIR
         # The installer has the network even when the code has none: then it
         # must not run the package's own code (setup.py, npm install scripts).
-        no_network = not config.network
+        no_network = network is Network.NONE
         if self.name == "python":
             index = ["--index-url", config.pip_index_url] if config.pip_index_url else []
             wheels = ["--only-binary=:all:"] if no_network else []
@@ -90,6 +95,9 @@ class Runtime:
             return [*self.install_base, *target, *index, *wheels, "--", package]
         registry = ["--registry", config.npm_registry] if config.npm_registry else []
         scripts = ["--ignore-scripts"] if no_network else []
+        # Registry packages only: a dependency given as a URL, git repository,
+        # file or folder would fetch from anywhere (npm 11 follows them by default).
+        scripts += [f"--allow-{kind}=none" for kind in ("remote", "git", "file", "directory")]
         # install_base is `node npm_install.cjs`, then npm and its options; the
         # target folder comes first (the script installs out of the code's reach).
         node, script, *npm = self.install_base
@@ -106,7 +114,12 @@ def _run(argv: list[str]) -> str:
     return done.stdout.strip()
 
 
-def probe_python(python_bin: str, limits: Limits) -> Runtime:
+def _url_hosts(url: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    host = urllib.parse.urlsplit(url).hostname if url else None
+    return (host,) if host else default
+
+
+def probe_python(python_bin: str, limits: Limits, index_url: str | None = None) -> Runtime:
     info = json.loads(
         _run(
             [
@@ -135,6 +148,7 @@ def probe_python(python_bin: str, limits: Limits) -> Runtime:
         readable=(info["prefix"], *info["paths"], *env.get("MPLCONFIGDIR", "").split()),
         # RLIMIT_AS holds for Python, mmap included (RLIMIT_DATA does not).
         address_space=limits.memory,
+        index_hosts=_url_hosts(index_url, ("pypi.org", "files.pythonhosted.org")),
         # -I and --isolated: the workspace is the installer's working folder
         # and HOME, and the code writes there; a planted pip/ package, .pth
         # file or pip.conf must not run in (or steer) the installer.
@@ -154,7 +168,7 @@ def probe_python(python_bin: str, limits: Limits) -> Runtime:
     )
 
 
-def probe_node(node_bin: str, limits: Limits) -> Runtime:
+def probe_node(node_bin: str, limits: Limits, registry: str | None = None) -> Runtime:
     version = _run([node_bin, "--version"]).lstrip("v")
     npm = shutil.which("npm", path=str(Path(node_bin).parent)) or shutil.which("npm")
     install_base: tuple[str, ...] = ()
@@ -172,6 +186,9 @@ def probe_node(node_bin: str, limits: Limits) -> Runtime:
         # to PREFIX/etc/npmrc: keep reading the machine's own (CA file, registry).
         with contextlib.suppress(RuntimeUnavailable):
             install_base += (f"--globalconfig={_run([npm, 'config', 'get', 'globalconfig'])}",)
+        if registry is None:
+            with contextlib.suppress(RuntimeUnavailable):
+                registry = _run([npm, "config", "get", "registry"])
     return Runtime(
         name="node",
         version=version,
@@ -187,12 +204,13 @@ def probe_node(node_bin: str, limits: Limits) -> Runtime:
         address_space=limits.memory + 2 * 1024**3,
         install_base=install_base,
         package_pattern=_NODE_PACKAGE,
+        index_hosts=_url_hosts(registry, ("registry.npmjs.org",)),
     )
 
 
 def probe_all(config: Config) -> dict[str, Runtime]:
     """The runtimes this server offers; Python is required, Node.js optional."""
-    runtimes = {"python": probe_python(config.python_bin, config.limits)}
+    runtimes = {"python": probe_python(config.python_bin, config.limits, config.pip_index_url)}
     if config.node_bin:
-        runtimes["node"] = probe_node(config.node_bin, config.limits)
+        runtimes["node"] = probe_node(config.node_bin, config.limits, config.npm_registry)
     return runtimes
