@@ -15,6 +15,9 @@ GEN_DIR := oasis/sandbox/v1
 # (numpy, pandas, matplotlib) lives in .runtime/python, built from the system
 # Python so that unprivileged sandbox users can read it.
 install: $(VENV)/.installed $(RUNTIME)/.installed
+	@command -v slirp4netns >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slirp4netns iproute2; } \
+		|| echo "note: without slirp4netns (Debian package) sandboxed code gets no network"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -148,7 +148,10 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             "SANDBOX_ISOLATION: `none` runs untrusted code with the server's own rights; "
             "it is for development only and needs SANDBOX_ALLOW_INSECURE=1"
         )
-    network = parsed("SANDBOX_NETWORK", Network.parse, default=None)
+    try:
+        network = Network.parse(raw_network) if (raw_network := get("SANDBOX_NETWORK")) else None
+    except ValueError as exc:
+        raise ConfigError(f"SANDBOX_NETWORK: {exc}") from None
     network_allow = _networks("SANDBOX_NETWORK_ALLOW", get("SANDBOX_NETWORK_ALLOW"))
 
     limits = Limits(

@@ -4,7 +4,11 @@ Logs stream to the terminal as the code prints them (its stdout to stdout,
 its stderr to stderr); then the set_result value is printed to stdout as
 JSON, and a summary, the error and saved files are reported on stderr. The
 exit status is 0 when the code succeeded, 1 when it failed (error, timeout,
-kill), 2 when the sandbox refused or could not be reached, 130 on Ctrl-C.
+kill), 2 when the sandbox refused or could not be reached, 3 when it succeeded
+but a returned file was not saved under --out, 130 on Ctrl-C.
+
+Returned names come from untrusted code, so `--out` writes only inside DIR:
+never through a link, never an existing file unless --force, never in `.git`.
 """
 
 from __future__ import annotations
@@ -13,18 +17,24 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from oasis import CodeFile, CodeRequest, CodeResult, DispatchResult, LogChunk, ToolCall
 from oasis.code import GrpcRunner, MiB
 from oasis.errors import OasisError
 
+from . import safefs
+from .safefs import UnsafePath
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_FILE_SIZE = 100 * MiB
 """Returned files up to this size are saved; larger ones are reported only."""
 _NODE_SUFFIXES = {".js", ".mjs", ".cjs"}
+# O_EXCL: an existing file or planted link is never touched; 0o644: never executable.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def add_parser(commands: Any) -> None:
@@ -58,6 +68,11 @@ def add_parser(commands: Any) -> None:
         "--out", type=Path, metavar="DIR", help="save files returned by set_result here"
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files that already exist under --out (links are replaced, not followed)",
+    )
+    parser.add_argument(
         "--timeout", type=float, metavar="S", help="seconds the code may run (server default 30)"
     )
 
@@ -80,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
         code = getattr(exc, "code", "")
         print(f"oasis-sandbox exec: {code + ': ' if code else ''}{exc}", file=sys.stderr)
         return 2
-    _report(result, args.out)
-    return 0 if result.ok else 1
+    all_saved = _report(result, args.out, force=args.force)
+    if not result.ok:
+        return 1
+    return 0 if all_saved else 3
 
 
 def _request(args: argparse.Namespace) -> CodeRequest:
@@ -117,7 +134,8 @@ async def _execute(target: str, request: CodeRequest) -> CodeResult:
     raise AssertionError("the stream ended without a result")
 
 
-def _report(result: CodeResult, out: Path | None) -> None:
+def _report(result: CodeResult, out: Path | None, *, force: bool) -> bool:
+    """Print the outcome and save the files; False when --out was given and a file was not saved."""
     if result.output is not None:
         print(json.dumps(result.output, indent=2, ensure_ascii=False))
     sys.stdout.flush()
@@ -129,25 +147,58 @@ def _report(result: CodeResult, out: Path | None) -> None:
     )
     if result.error and result.error not in result.logs:  # a traceback was already printed live
         print(result.error.rstrip("\n"), file=sys.stderr)
+    all_saved = True
     for file in result.files:
-        described = f"{file.name} ({file.size} bytes, {file.mime or 'unknown type'})"
+        described = f"{file.name!r} ({file.size} bytes, {file.mime or 'unknown type'})"
         if file.size and not file.data:
-            print(f"[oasis] not saved, over {MAX_FILE_SIZE} bytes: {described}", file=sys.stderr)
+            problem = f"over {MAX_FILE_SIZE} bytes"
         elif out is None:
             print(f"[oasis] returned {described}; pass --out DIR to save it", file=sys.stderr)
+            continue
         else:
-            target = _inside(out, file.name)
-            if target is None:
-                print(f"[oasis] not saved, unsafe name: {file.name!r}", file=sys.stderr)
+            try:
+                save_file(out, file.name, file.data, force=force)
+            except (UnsafePath, OSError) as exc:
+                problem = str(exc)
+            else:
+                print(f"[oasis] saved {out / file.name} ({file.size} bytes)", file=sys.stderr)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.data)
-            print(f"[oasis] saved {target} ({file.size} bytes, {file.mime})", file=sys.stderr)
+        print(f"[oasis] NOT SAVED {described}: {problem}", file=sys.stderr)
+        all_saved = all_saved and out is None
+    return all_saved
 
 
-def _inside(folder: Path, name: str) -> Path | None:
-    """`folder/name`, or None when the name could leave the folder."""
-    parts = PurePosixPath(name).parts
-    if not parts or PurePosixPath(name).is_absolute() or any(p in ("..", "") for p in parts):
-        return None
-    return folder.joinpath(*parts)
+def save_file(folder: Path, name: str, data: bytes, *, force: bool = False) -> None:
+    """Write `data` as `folder/name`, never outside folder; UnsafePath says why not.
+
+    The name comes from the code: it is walked component by component from
+    an fd on folder (safefs), so `..`, absolute names and links are refused.
+    """
+    parts = safefs.split_name(name)
+    # A file in .git (config, hooks) runs commands on the user's next git call.
+    if any(part.lower() == ".git" for part in parts):
+        raise UnsafePath(f"{name!r} lies in a .git folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder.resolve()  # folder itself is the user's choice: a link there is followed
+    if force:
+        # A fresh file renamed over the old one replaces a link instead of writing through it.
+        safefs.write_file(root, name, data)
+        return
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dir_fd = safefs._open_parent(root_fd, parts, create=True)
+    finally:
+        os.close(root_fd)
+    try:
+        try:
+            fd = os.open(parts[-1], _NEW_FILE, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            raise UnsafePath(f"{name!r} already exists; pass --force to replace it") from None
+        try:
+            with open(fd, "wb") as target:
+                target.write(data)
+        except BaseException:
+            os.unlink(parts[-1], dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)

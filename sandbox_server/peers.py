@@ -1,86 +1,181 @@
-"""Refuse API requests that come from sandboxed code itself.
+"""Refuse API requests that come from sandboxed code itself: the second line of defence.
 
-With SANDBOX_NETWORK=host the code shares the host's network, so it can
-connect to the server's own ports like any client, and without a token it
-could then run code in any session whose id it guesses. Every socket on this
-host appears in the kernel's tables (/proc/net/tcp, tcp6) with its owner's
-uid: a request whose peer socket belongs to a session uid is refused, token
-or not. Peers on other machines are not in the tables and are not affected.
+The first line is the network: under egress and none the code has its own
+namespace and cannot reach the server at all. With SANDBOX_NETWORK=host it
+shares the host's network and can connect to the server like any client, so
+every request from a local peer is traced to the socket that made it, and
+refused when that socket belongs to a session uid, token or not.
+
+The client's socket is found by an exact lookup of the whole connection
+(its address and port, and ours) through the kernel's sock_diag netlink
+interface, and it must be ESTABLISHED: a TIME_WAIT or listening socket that
+happens to share a port (shown with uid 0) proves nothing. When a local peer
+cannot be traced, or its address cannot be parsed, the request is refused.
+Peers on other machines are not in this host's tables and are not affected.
+A forwarder run by another local process still defeats any ownership check:
+that is what the network isolation is for.
 """
 
 from __future__ import annotations
 
+import errno
 import inspect
 import ipaddress
+import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
 from .isolation import UID_BASE, UID_COUNT
+from .launcher.network import host_addresses
 
 MESSAGE = "requests from inside the sandbox are refused"
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-def _proc_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
-    """How /proc/net/tcp* prints an address: the raw 32-bit words in host order, then the port."""
-    words = struct.unpack(f"={len(address.packed) // 4}I", address.packed)
-    return "".join(f"{word:08X}" for word in words) + f":{port:04X}"
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_TCP_ESTABLISHED = 1
+_NO_COOKIE = 0xFFFFFFFF
+_UID_OFFSET = 64
+"""inet_diag_msg: family, state, timer, retrans (4 bytes), sockid (48), expires, rqueue, wqueue, then uid."""
+_LOCAL_TTL = 5.0
 
 
-def socket_uid(host: str, port: int) -> int | None:
-    """The uid owning the TCP socket on this host whose own end is host:port; None if none is."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+class Undecided(Exception):
+    """The peer could not be traced to a socket: treated as sandboxed."""
+
+
+def tcp_socket_uid(local: Address, local_port: int, remote: Address, remote_port: int) -> int | None:
+    """The uid of the ESTABLISHED TCP socket with exactly this connection; None if there is none."""
+    family = socket.AF_INET if local.version == 4 else socket.AF_INET6
+    sockid = struct.pack(
+        "!HH16s16s", local_port, remote_port, local.packed.ljust(16, b"\0"),
+        remote.packed.ljust(16, b"\0"),
+    ) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)  # fmt: skip
+    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as link:
+        link.settimeout(1.0)
+        link.send(header + request)
+        answer = link.recv(8192)
+    kind = struct.unpack_from("=H", answer, 4)[0]
+    if kind == _NLMSG_ERROR:
+        code = -struct.unpack_from("=i", answer, 16)[0]
+        if code == errno.ENOENT:
+            return None
+        raise OSError(code, f"sock_diag lookup failed: {errno.errorcode.get(code, code)}")
+    if kind != _SOCK_DIAG_BY_FAMILY or len(answer) < 16 + _UID_OFFSET + 4:
+        raise OSError(f"sock_diag answered an unexpected message (type {kind})")
+    state = answer[16 + 1]
+    if state != _TCP_ESTABLISHED:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if isinstance(address, ipaddress.IPv4Address):
-        # An IPv4 client socket is in tcp, or in tcp6 when it was opened as IPv6.
-        wanted = {
-            "/proc/net/tcp": _proc_address(address, port),
-            "/proc/net/tcp6": _proc_address(ipaddress.IPv6Address(f"::ffff:{address}"), port),
-        }
-    else:
-        wanted = {"/proc/net/tcp6": _proc_address(address, port)}
-    for table, local in wanted.items():
-        try:
-            with open(table, encoding="ascii") as rows:
-                for row in rows:
-                    if local in row:
-                        fields = row.split()
-                        if fields[1] == local:
-                            return int(fields[7])
-        except (OSError, IndexError, ValueError):
-            continue
-    return None
+    uid: int = struct.unpack_from("=I", answer, 16 + _UID_OFFSET)[0]
+    return uid
 
 
-def is_sandboxed(host: str, port: int) -> bool:
-    """Whether the peer at host:port is a socket of a session uid on this host."""
-    uid = socket_uid(host, port)
+class _LocalAddresses:
+    """This host's own addresses, re-read at most every few seconds (not per request)."""
+
+    def __init__(self) -> None:
+        self._read_at = -_LOCAL_TTL
+        self._addresses: frozenset[Address] = frozenset()
+
+    def get(self) -> frozenset[Address]:
+        if time.monotonic() - self._read_at > _LOCAL_TTL:
+            self._addresses = frozenset([*host_addresses(), *_ipv6_addresses()])
+            self._read_at = time.monotonic()
+        return self._addresses
+
+
+def _ipv6_addresses() -> list[ipaddress.IPv6Address]:
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as table:
+            return [ipaddress.IPv6Address(int(line.split()[0], 16)) for line in table]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
+_local = _LocalAddresses()
+
+
+def is_sandboxed(
+    peer_host: str, peer_port: int, server_ports: Iterable[int], server_host: str | None = None
+) -> bool:
+    """Whether the client at peer_host:peer_port is sandboxed code (or cannot be traced)."""
+    try:
+        uid = _peer_uid(peer_host, peer_port, server_ports, server_host)
+    except (Undecided, OSError, ValueError):
+        return True
     return uid is not None and UID_BASE <= uid < UID_BASE + UID_COUNT
 
 
-def grpc_peer_is_sandboxed(peer: str) -> bool:
-    """The same for a gRPC peer string: `ipv4:127.0.0.1:4242` or `ipv6:[::1]:4242`."""
+def _peer_uid(
+    peer_host: str, peer_port: int, server_ports: Iterable[int], server_host: str | None
+) -> int | None:
+    """The uid of a local client's socket; None for a peer on another machine."""
+    peer = _plain(ipaddress.ip_address(peer_host))
+    local = _local.get()
+    if not (peer.is_loopback or peer in local):
+        return None  # another machine: not in our tables
+    # The server's side of the connection: given (HTTP), or any address we have (gRPC).
+    candidates = [_plain(ipaddress.ip_address(server_host))] if server_host else [peer, *local]
+    for server_port in set(server_ports):
+        for server in candidates:
+            if server.version != peer.version:
+                continue
+            uid = tcp_socket_uid(peer, peer_port, server, server_port)
+            if uid is None and peer.version == 4:
+                # A dual-stack client socket holds the IPv4 connection as mapped IPv6.
+                uid = tcp_socket_uid(_mapped(peer), peer_port, _mapped(server), server_port)
+            if uid is not None:
+                return uid
+    raise Undecided(f"no established connection from {peer_host}:{peer_port} to this server")
+
+
+def _plain(address: Address) -> Address:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _mapped(address: Address) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(f"::ffff:{address}")
+
+
+def parse_grpc_peer(peer: str) -> tuple[str, int]:
+    """(host, port) from `ipv4:127.0.0.1:4242`, `ipv6:[::1]:4242` or `ipv6:%5B::1%5D:4242`."""
     kind, _, rest = peer.partition(":")
     if kind not in ("ipv4", "ipv6"):
-        return False
-    host, _, port = rest.rpartition(":")
+        raise ValueError(f"not a TCP peer: {peer!r}")
+    host, _, port = urllib.parse.unquote(rest).rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def grpc_peer_is_sandboxed(peer: str, server_ports: Iterable[int]) -> bool:
+    """The same for a gRPC peer string; anything that is not a TCP peer is refused."""
     try:
-        return is_sandboxed(host.strip("[]"), int(port))
+        host, port = parse_grpc_peer(peer)
     except ValueError:
-        return False
+        return True
+    return is_sandboxed(host, port, server_ports)
 
 
 class SandboxedPeerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses the Sandbox service's RPCs (PERMISSION_DENIED) to peers that are sandboxed code."""
+    """Refuses the Sandbox service's RPCs (PERMISSION_DENIED) to peers that are sandboxed code.
+
+    `ports` is filled in once the server has bound its port.
+    """
 
     def __init__(self, service_prefix: str) -> None:
         self._prefix = service_prefix
+        self.ports: set[int] = set()
 
     async def intercept_service(
         self,
@@ -90,15 +185,17 @@ class SandboxedPeerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self._prefix):
             return handler
-        return _guarded(handler)
+        return _guarded(handler, self._refuse_sandboxed)
+
+    async def _refuse_sandboxed(self, context: grpc.aio.ServicerContext) -> None:
+        if grpc_peer_is_sandboxed(context.peer(), self.ports):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, MESSAGE)
 
 
-async def _refuse_sandboxed(context: grpc.aio.ServicerContext) -> None:
-    if grpc_peer_is_sandboxed(context.peer()):
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, MESSAGE)
-
-
-def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    refuse: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
+) -> grpc.RpcMethodHandler:
     """The same handler, checking the peer first (the Sandbox service has only these two kinds)."""
     codecs = {
         "request_deserializer": handler.request_deserializer,
@@ -108,7 +205,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         unary = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _refuse_sandboxed(context)
+            await refuse(context)
             return await unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
@@ -117,7 +214,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if not inspect.isasyncgenfunction(stream):  # a handler that writes through the context
 
             async def stream_coroutine(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                await _refuse_sandboxed(context)
+                await refuse(context)
                 return await stream(requests, context)
 
             return grpc.stream_stream_rpc_method_handler(stream_coroutine, **codecs)
@@ -125,7 +222,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def stream_stream(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            await _refuse_sandboxed(context)
+            await refuse(context)
             async for response in stream(requests, context):
                 yield response
 

@@ -53,9 +53,8 @@ class SandboxServer:
         self.sandbox = await Sandbox.start(self.config)
         config = self.config
         # The token check runs first; the peer check wraps the service's own handlers.
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            SandboxedPeerInterceptor(f"/{SERVICE_NAME}/")
-        ]
+        peer_check = SandboxedPeerInterceptor(f"/{SERVICE_NAME}/")
+        interceptors: list[grpc.aio.ServerInterceptor] = [peer_check]
         if config.auth_token:
             interceptors.insert(0, TokenInterceptor(config.auth_token))
         server = grpc.aio.server(
@@ -87,6 +86,7 @@ class SandboxServer:
             self.port = server.add_insecure_port(config.grpc_addr)
         if self.port == 0:
             raise OSError(f"SANDBOX_GRPC_ADDR: cannot listen on {self.config.grpc_addr}")
+        peer_check.ports.add(self.port)
         await server.start()
         self._grpc = server
         facade = Facade(self.sandbox, self.config)

@@ -6,7 +6,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_server import mounts
 
-from .nethost import TestHost
+from .nethost import TestHost, netns_host
 
 
 async def eventually(
@@ -211,3 +212,10 @@ class LocalIndex:
             pass
         finally:
             writer.close()
+
+
+@asynccontextmanager
+async def remote_index(files: dict[str, bytes] | None = None) -> AsyncIterator[LocalIndex]:
+    """A LocalIndex on a test host of its own: where isolated installers can reach it."""
+    async with netns_host() as host, LocalIndex(files, host=host) as index:
+        yield index

@@ -190,6 +190,8 @@ class GrpcRunner:
         """
         stub = self._connect()
         timeout = self.timeout if request.timeout is None else request.timeout
+        # Random, never derived: the server admits each id once across all clients,
+        # so a guessable id could be claimed by someone else first.
         start, uploads = _wire.start_message(
             request, execution_id=uuid.uuid4().hex, timeout=timeout
         )

@@ -90,6 +90,10 @@ class Runtime:
         no_network = network is Network.NONE
         if self.name == "python":
             index = ["--index-url", config.pip_index_url] if config.pip_index_url else []
+            parts = urllib.parse.urlsplit(config.pip_index_url or "")
+            if parts.scheme == "http" and parts.hostname:
+                # The operator chose a plain-HTTP index; pip trusts only localhost's by default.
+                index += ["--trusted-host", parts.hostname]
             wheels = ["--only-binary=:all:"] if no_network else []
             target = ["--target", str(packages / "python")]
             return [*self.install_base, *target, *index, *wheels, "--", package]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import grpc
@@ -91,7 +92,7 @@ async def test_info(runner: GrpcRunner) -> None:
     assert info.limits.max_concurrent == 4
     assert (info.limits.default_timeout, info.limits.max_timeout) == (30.0, 300.0)
     assert info.limits.max_output == 512 * 1024
-    assert info.isolation == "namespaces" and info.network == "host" and info.version
+    assert info.isolation == "namespaces" and info.network == "egress" and info.version
     assert (info.limits.memory, info.limits.max_processes) == (1024**3, 64)
     assert info.limits.max_output_files == 32
 
@@ -111,6 +112,25 @@ async def test_a_reused_execution_id_becomes_already_executed(
     error = from_grpc(info.value)
     assert isinstance(error, AlreadyExecuted)
     assert error.code == "ALREADY_EXISTS" and "once" in error.message
+
+
+async def test_the_runner_sends_a_fresh_random_execution_id(
+    runner: GrpcRunner, server: SandboxServer
+) -> None:
+    """Ids share one namespace across clients, so the runner's must be unguessable, never reused."""
+    first = await runner.run(CodeRequest(code="x = 1"), tool_dispatcher({}))
+    second = await runner.run(CodeRequest(code="x = 1"), tool_dispatcher({}))
+
+    ids = [first.execution_id, second.execution_id]
+    assert ids[0] != ids[1]
+    assert all(re.fullmatch("[0-9a-f]{32}", id_) for id_ in ids), ids  # uuid4 hex: 122 random bits
+    # The server admitted these very ids from the client: sending one again is refused.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        start = pb.ExecuteRequest(start=pb.StartExecution(code="x = 1", execution_id=ids[0]))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in pb_grpc.SandboxStub(channel).Execute(iter([start])):
+                pass
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
 # -- the real server with SANDBOX_AUTH_TOKEN and TLS ------------------------

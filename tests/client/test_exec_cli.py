@@ -7,6 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from sandbox_server.exec_command import save_file
+from sandbox_server.safefs import UnsafePath
 from sandbox_server.server import SandboxServer
 
 from ..conftest import REPO
@@ -142,3 +146,113 @@ async def test_exec_reports_an_unreachable_sandbox(tmp_path: Path) -> None:
 
     assert run.code == 2
     assert "UNAVAILABLE" in run.stderr
+
+
+# -- --out writes only inside DIR: returned names come from untrusted code ----------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../escape.txt", "sub/../../escape.txt", "/tmp/escape.txt", "", ".git/hooks/pre-commit"],
+)
+def test_save_file_refuses_names_that_leave_the_folder(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for force in (False, True):
+        with pytest.raises(UnsafePath):
+            save_file(out, name, b"pwned", force=force)
+    assert not (tmp_path / "escape.txt").exists()
+    assert list(out.rglob("*")) == []
+
+
+def test_save_file_never_follows_a_link(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (elsewhere / "hooks").mkdir(parents=True)
+    out.mkdir()
+    (out / "hooks").symlink_to(elsewhere / "hooks")
+    (out / "notes.txt").symlink_to(elsewhere / "notes.txt")
+
+    for force in (False, True):
+        with pytest.raises(UnsafePath, match="not a plain folder"):
+            save_file(out, "hooks/pre-commit", b"pwned", force=force)
+    with pytest.raises(UnsafePath, match="already exists"):
+        save_file(out, "notes.txt", b"pwned")
+    save_file(out, "notes.txt", b"mine", force=True)  # replaces the link itself
+
+    assert list(elsewhere.rglob("*")) == [elsewhere / "hooks"]
+    assert not (out / "notes.txt").is_symlink()
+    assert (out / "notes.txt").read_bytes() == b"mine"
+
+
+def test_save_file_overwrites_only_with_force(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_bytes(b"old")
+
+    with pytest.raises(UnsafePath, match="--force"):
+        save_file(tmp_path, "sub/a.txt", b"new")
+    assert (tmp_path / "sub" / "a.txt").read_bytes() == b"old"
+    save_file(tmp_path, "sub/a.txt", b"new", force=True)
+    assert (tmp_path / "sub" / "a.txt").read_bytes() == b"new"
+    save_file(tmp_path, "deep/er/b.txt", b"b")
+    assert (tmp_path / "deep" / "er" / "b.txt").read_bytes() == b"b"
+
+
+RETURNS = """
+import os
+for name in {names!r}:
+    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    with open(name, "w") as f:
+        f.write("from the sandbox")
+set_result("done", files={names!r})
+"""
+
+
+async def returning(
+    server: SandboxServer, tmp_path: Path, *names: str, out: Path, force: bool = False
+) -> Finished:
+    script = tmp_path / "returns.py"
+    script.write_text(RETURNS.format(names=list(names)))
+    flags = ["--force"] if force else []
+    return await oasis_exec(
+        str(script), "--out", str(out), *flags, "--target", f"127.0.0.1:{server.port}"
+    )
+
+
+async def test_exec_out_keeps_existing_files_without_force(
+    server: SandboxServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept.txt").write_text("mine")
+
+    refused = await returning(server, tmp_path, "kept.txt", "new.txt", out=out)
+    assert refused.code == 3, refused.stderr
+    assert "NOT SAVED 'kept.txt'" in refused.stderr and "--force" in refused.stderr
+    assert (out / "kept.txt").read_text() == "mine"
+    assert (out / "new.txt").read_text() == "from the sandbox"  # the others are still saved
+
+    forced = await returning(server, tmp_path, "kept.txt", "new.txt", out=out, force=True)
+    assert forced.code == 0, forced.stderr
+    assert (out / "kept.txt").read_text() == "from the sandbox"
+
+
+async def test_exec_out_never_writes_through_links_or_into_git(
+    server: SandboxServer, tmp_path: Path
+) -> None:
+    """The attack: code returning `.git/hooks/pre-commit`, or a path through a planted link."""
+    out, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (out / ".git" / "hooks").mkdir(parents=True)
+    (out / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    elsewhere.mkdir()
+    (out / "hooks").symlink_to(elsewhere)
+
+    for force in (False, True):
+        run = await returning(
+            server, tmp_path, ".git/hooks/pre-commit", "hooks/pre-commit", out=out, force=force
+        )
+
+        assert run.code == 3, run.stderr
+        assert "NOT SAVED '.git/hooks/pre-commit'" in run.stderr
+        assert "NOT SAVED 'hooks/pre-commit'" in run.stderr
+        assert (out / ".git" / "hooks" / "pre-commit").read_text() == "#!/bin/sh\nexit 0\n"
+        assert list(elsewhere.iterdir()) == []

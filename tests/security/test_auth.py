@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -56,7 +57,9 @@ async def test_grpc_refuses_missing_and_wrong_tokens(
     """Execute, GetInfo and DeleteWorkspace answer UNAUTHENTICATED; the code never runs."""
     code = "open('ran.txt', 'w').write('yes')\nset_result(1)"
     execution = guarded_stub.Execute(metadata=metadata(header))
-    await execution.write(start_message(code, session_id="intruder"))
+    # The refusal may arrive before the write; read() below reports it either way.
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await execution.write(start_message(code, session_id="intruder"))
     error = await rpc_error(execution.read())
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "bearer token" in error.details()
@@ -136,13 +139,13 @@ def frame(kind, flags, stream, payload):
 def header(name, value):  # HPACK literal, not indexed, no Huffman
     return b'\\x00' + bytes([len(name)]) + name + bytes([len(value)]) + value
 
-def get_info(port):
+def get_info(port, connect=None):
     fields = [(b':method', b'POST'), (b':scheme', b'http'), (b':authority', b'127.0.0.1'),
               (b':path', b'/oasis.sandbox.v1.Sandbox/GetInfo'),
               (b'content-type', b'application/grpc'), (b'te', b'trailers')]
     block = b''.join(header(n, v) for n, v in fields)
     received, pending = 0, b''
-    with socket.create_connection(('127.0.0.1', port), timeout=10) as s:
+    with (connect or (lambda p: socket.create_connection(('127.0.0.1', p), timeout=10)))(port) as s:
         s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' + frame(4, 0, 0, b'')
                   + frame(1, 4, 1, block) + frame(0, 1, 1, bytes(5)))
         while chunk := s.recv(65536):
@@ -197,7 +200,7 @@ def raw_get_info(port: int) -> int:
 @pytest.mark.parametrize("token", ["", TOKEN])
 async def test_code_cannot_use_the_server_api(start_server: StartServer, token: str) -> None:
     """Code that reaches the server's own ports (host network) is refused, token or not; health stays open."""
-    server = await start_server(SANDBOX_AUTH_TOKEN=token)
+    server = await start_server(SANDBOX_AUTH_TOKEN=token, SANDBOX_NETWORK="host")
     async with GrpcRunner(f"127.0.0.1:{server.port}", token=token or None) as runner:
         await runner.run(
             CodeRequest(code="open('secret.txt', 'w').write('victim data')", session_id="victim"),
@@ -219,3 +222,77 @@ async def test_code_cannot_use_the_server_api(start_server: StartServer, token: 
     # The same bare-bones client, from outside the sandbox, does get an answer (without a token).
     if not token:
         assert await asyncio.to_thread(raw_get_info, server.port) > 0
+
+
+# The second line of defence under SANDBOX_NETWORK=host: tricks that hid the
+# code's socket from the old peer check (which matched the first row with the
+# client's port, TIME_WAIT rows included, and could not parse IPv6 peers).
+DISGUISED_CLIENT = (
+    RAW_GET_INFO
+    + """
+import json, socket, urllib.parse
+
+def via_time_wait(host):
+    # A TIME_WAIT row on port P (the kernel shows uid 0 for it), then P reused for the real call.
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    def connect(port):
+        listener = socket.socket(family)
+        listener.bind((host, 0))
+        listener.listen()
+        first = socket.socket(family)
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        first.bind((host, 0))
+        reused = first.getsockname()[1]
+        first.connect(listener.getsockname()[:2])
+        accepted, _ = listener.accept()
+        first.close()  # closed first, so the TIME_WAIT row is on our side
+        accepted.close()
+        listener.close()
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, reused))
+        s.settimeout(10)
+        s.connect((host, port))
+        return s
+    return connect
+
+def http_status(connect, port):
+    body = json.dumps({'code': "open('planted.txt', 'w').write('x')", 'session_id': 'victim'})
+    with connect(port) as s:
+        s.sendall(('POST /execute HTTP/1.1\\r\\nHost: localhost\\r\\nContent-Type: application/json\\r\\n'
+                   f'Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n{body}').encode())
+        return int(s.recv(100).split()[1])
+
+HOST = 'ADDRESS'
+connect = via_time_wait(HOST) if TRICK == 'time_wait' else (
+    lambda port: socket.create_connection((HOST, port), timeout=10))
+set_result({'grpc_bytes': get_info(GRPC_PORT, connect), 'http': http_status(connect, HTTP_PORT)})
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("trick", "address"), [("time_wait", "127.0.0.1"), ("time_wait", "::1"), ("ipv6", "::1")]
+)
+async def test_disguised_sockets_of_the_code_are_still_refused(
+    start_server: StartServer, trick: str, address: str
+) -> None:
+    """TIME_WAIT rows on the code's source port, and IPv6 peers, no longer pass as outside clients."""
+    bind = f"[{address}]" if ":" in address else address
+    server = await start_server(
+        SANDBOX_NETWORK="host", SANDBOX_GRPC_ADDR=f"{bind}:0", SANDBOX_ADDR=f"{bind}:0"
+    )
+    code = (
+        DISGUISED_CLIENT.replace("ADDRESS", address)
+        .replace("TRICK", repr(trick))
+        .replace("GRPC_PORT", str(server.port))
+        .replace("HTTP_PORT", str(server.http_port))
+    )
+    async with GrpcRunner(f"{bind}:{server.port}") as runner:
+        result = await runner.run(
+            CodeRequest(code=code, session_id="attacker", timeout=30), tool_dispatcher({})
+        )
+        outside = await runner.run(CodeRequest(code="set_result(1)"), tool_dispatcher({}))
+    assert result.output == {"grpc_bytes": 0, "http": 403}, result.error
+    assert not (session_path(server, "victim") / "planted.txt").exists()
+    assert outside.output == 1  # the same kind of local client, outside the sandbox, is served

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from ..conftest import StartServer
+from ..helpers import remote_index
 from ..sandbox_client import Outcome, SandboxClient
-from .conftest import LocalIndex, ServerProcess, StartProcess, client_for
+from .conftest import ServerProcess, StartProcess, client_for
 
 MIB = 1024 * 1024
 # Generous: the floods below are 1 GiB and 200 MiB; a server that kept them would grow by that much.
@@ -129,7 +130,7 @@ def my_installers() -> int:
 @pytest.mark.timeout(200)
 async def test_install_flood_runs_one_installer_at_a_time(start_server: StartServer) -> None:
     """30 install_package calls at once: one installer runs at a time and the excess is refused at once."""
-    async with LocalIndex() as index:
+    async with remote_index() as index:
         server = await start_server(SANDBOX_PIP_INDEX_URL=f"{index.url}/simple")
         peak = 0
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import socket
 import tarfile
 import zipfile
@@ -20,7 +21,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ..conftest import StartServer
-from .conftest import LocalIndex, client_for
+from ..helpers import LocalIndex, remote_index
+from ..nethost import netns_host
+from .conftest import client_for
 
 
 class Listener:
@@ -164,7 +167,7 @@ def phone_home(port: int, what: str) -> str:
 async def test_install_package_works_without_network(start_server: StartServer) -> None:
     """Under `none` the code cannot reach the index itself, but install_package installs from it."""
     name, data = wheel("oasis_probe_pkg", "VALUE = 'installed'\n")
-    async with LocalIndex(index_files(("oasis-probe-pkg", name, data))) as index:
+    async with remote_index(index_files(("oasis-probe-pkg", name, data))) as index:
         server = await start_server(
             SANDBOX_NETWORK="none", SANDBOX_PIP_INDEX_URL=f"{index.url}/simple"
         )
@@ -193,7 +196,7 @@ async def test_planted_files_cannot_steer_the_pip_installer(
     name, data = wheel("oasis_probe_pkg", "VALUE = 'from the configured index'\n")
     port = listener.port
     evil_name, evil_data = sdist("evil", f"{phone_home(port, 'sdist')}\n")
-    async with LocalIndex(index_files(("oasis-probe-pkg", name, data))) as index:
+    async with remote_index(index_files(("oasis-probe-pkg", name, data))) as index:
         server = await start_server(
             SANDBOX_NETWORK="none", SANDBOX_PIP_INDEX_URL=f"{index.url}/simple"
         )
@@ -234,7 +237,7 @@ async def test_package_build_scripts_do_not_run_with_the_network(
 ) -> None:
     """Under `none`, a package that only ships a source build (setup.py) is not built: its code would have the network."""
     name, data = sdist("oasis-sdist-pkg", f"{phone_home(listener.port, 'setup.py')}\n")
-    async with LocalIndex(index_files(("oasis-sdist-pkg", name, data))) as index:
+    async with remote_index(index_files(("oasis-sdist-pkg", name, data))) as index:
         server = await start_server(
             SANDBOX_NETWORK="none", SANDBOX_PIP_INDEX_URL=f"{index.url}/simple"
         )
@@ -258,7 +261,7 @@ async def test_planted_npmrc_cannot_steer_the_npm_installer(
     start_server: StartServer, listener: Listener
 ) -> None:
     """A .npmrc planted in the npm prefix (the workspace's .oasis) does not route the installer anywhere."""
-    async with LocalIndex() as registry:
+    async with remote_index() as registry:
         server = await start_server(SANDBOX_NETWORK="none", SANDBOX_NPM_REGISTRY=f"{registry.url}/")
         assert server.sandbox is not None
         if "node" not in server.sandbox.runtimes:
@@ -276,3 +279,64 @@ setResult('done');
             outcome = await client.run(code, runtime="node", timeout=150)
     assert outcome.output == "done", outcome.result.error
     assert listener.connections == []
+
+
+def npm_package(name: str, registry: str, dependencies: dict[str, str]) -> dict[str, bytes]:
+    """A registry's files for one npm package at version 1.0.0 (metadata and tarball)."""
+    manifest = {"name": name, "version": "1.0.0", "dependencies": dependencies}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("package/package.json")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    tarball = f"/{name}/-/{name}-1.0.0.tgz"
+    version = {**manifest, "dist": {"tarball": registry + tarball}}
+    packument = {"name": name, "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}
+    return {f"/{name}": json.dumps(packument).encode(), tarball: buffer.getvalue()}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("network", ["none", "egress"])
+async def test_npm_never_follows_url_dependencies(start_server: StartServer, network: str) -> None:
+    """A registry package whose dependency is a URL (here on the registry's own host) is not fetched from it."""
+    async with (
+        netns_host() as host,
+        LocalIndex(host=host) as attacker,
+        LocalIndex(host=host) as registry,
+    ):
+        registry.files.update(
+            npm_package("oasis-url-dep", registry.url, {"payload": f"{attacker.url}/payload.tgz"})
+        )
+        server = await start_server(
+            SANDBOX_NETWORK=network, SANDBOX_NPM_REGISTRY=f"{registry.url}/"
+        )
+        assert server.sandbox is not None
+        if "node" not in server.sandbox.runtimes:
+            pytest.skip("Node.js is not installed")
+        code = "try { await installPackage('oasis-url-dep'); setResult('installed'); } catch (err) { setResult(err.message); }"
+        async with client_for(server) as client:
+            outcome = await client.run(code, runtime="node", timeout=150)
+    assert outcome.output is not None, outcome.result.error
+    assert "/oasis-url-dep" in registry.requests  # the registry was asked
+    assert attacker.requests == []
+
+
+@pytest.mark.timeout(120)
+async def test_an_index_on_host_loopback_is_refused_with_a_reason(
+    start_server: StartServer,
+) -> None:
+    """Isolated installers cannot reach the host's loopback: the error says so instead of timing out."""
+    async with LocalIndex() as index:
+        server = await start_server(SANDBOX_PIP_INDEX_URL=f"{index.url}/simple")
+        code = (
+            "try:\n"
+            "    install_package('oasis-probe-pkg')\n"
+            "    set_result('installed')\n"
+            "except RuntimeError as exc:\n"
+            "    set_result(str(exc))\n"
+        )
+        async with client_for(server) as client:
+            outcome = await client.run(code, timeout=100)
+    assert "loopback" in outcome.output
+    assert index.requests == []

@@ -85,6 +85,7 @@ async def test_empty_runtime_means_python(client: SandboxClient) -> None:
         "nul\0byte",
         "a" * 129,
         "semi;colon",
+        "victim\n",  # `$` in re.match also matches before a final newline
     ],
 )
 async def test_bad_session_id(stub: pb_grpc.SandboxStub, session_id: str) -> None:
@@ -206,18 +207,42 @@ async def test_chunks_short_of_declared_size(stub: pb_grpc.SandboxStub) -> None:
     assert "declared 10" in error.details()
 
 
-async def test_bad_env_name(stub: pb_grpc.SandboxStub) -> None:
-    """Environment variable names must be identifiers."""
-    error = await execute_error(stub, start_message("print(1)", env={"BAD=NAME": "1"}))
+@pytest.mark.parametrize("name", ["BAD=NAME", "A\n"])
+async def test_bad_env_name(stub: pb_grpc.SandboxStub, name: str) -> None:
+    """Environment variable names must be identifiers, with nothing after them."""
+    error = await execute_error(stub, start_message("print(1)", env={name: "1"}))
     assert error.code() == INVALID
-    assert "BAD=NAME" in error.details()
+    assert repr(name) in error.details()
 
 
-async def test_bad_execution_id(stub: pb_grpc.SandboxStub) -> None:
+@pytest.mark.parametrize("execution_id", ["../../etc", "abc\n"])
+async def test_bad_execution_id(stub: pb_grpc.SandboxStub, execution_id: str) -> None:
     """A client-chosen execution_id must be a plain identifier (it names files and call ids)."""
-    error = await execute_error(stub, start_message("print(1)", execution_id="../../etc"))
+    error = await execute_error(stub, start_message("print(1)", execution_id=execution_id))
     assert error.code() == INVALID
     assert "execution_id" in error.details()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "code"),
+    [
+        (
+            "python",
+            "try:\n    install_package('six\\n')\nexcept RuntimeError as exc:\n    set_result(str(exc))",
+        ),
+        (
+            "node",
+            "try { await installPackage('left-pad\\n'); } catch (err) { setResult(err.message); }",
+        ),
+    ],
+)
+async def test_package_name_with_a_trailing_newline(
+    client: SandboxClient, runtime: str, code: str
+) -> None:
+    """A package name is refused before any installer runs when a newline follows it."""
+    outcome = await client.run(code, runtime=runtime, timeout=60)
+    assert outcome.status == "OK", outcome.result.error
+    assert f"is not a valid {runtime} package name" in outcome.output
 
 
 async def test_non_positive_timeout(stub: pb_grpc.SandboxStub) -> None:

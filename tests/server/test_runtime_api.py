@@ -12,7 +12,7 @@ import pytest
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 
 from ..conftest import StartServer
-from ..helpers import LocalIndex, eventually
+from ..helpers import LocalIndex, eventually, remote_index
 from ..sandbox_client import SandboxClient
 
 RUNTIMES = ["python", "node"]
@@ -258,7 +258,7 @@ async def test_install_package_into_the_session_only(client: SandboxClient, runt
 
 @pytest.fixture
 async def registry() -> AsyncIterator[LocalIndex]:
-    async with LocalIndex() as running:
+    async with remote_index() as running:
         yield running
 
 
@@ -292,8 +292,8 @@ async def test_install_uses_the_configured_index_and_reports_failure(
     went through a shell; it must be passed as a plain argument.
     """
     server = await start_server(
-        SANDBOX_PIP_INDEX_URL=f"http://127.0.0.1:{registry.port}/simple",
-        SANDBOX_NPM_REGISTRY=f"http://127.0.0.1:{registry.port}/",
+        SANDBOX_PIP_INDEX_URL=f"{registry.url}/simple",
+        SANDBOX_NPM_REGISTRY=f"{registry.url}/",
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         outcome = await SandboxClient(channel).run(
