@@ -85,7 +85,7 @@ def _run(*argv: str) -> None:
 @asynccontextmanager
 async def netns_host() -> AsyncIterator[TestHost]:
     """A fresh test host at a random 10.213.x.y/30 address (needs root)."""
-    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "600"])
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "600"])  # noqa: ASYNC220
     own = os.readlink("/proc/self/ns/net")
     for _ in range(500):  # bounded: the holder unshares within milliseconds
         try:
@@ -102,7 +102,19 @@ async def netns_host() -> AsyncIterator[TestHost]:
     host = TestHost(holder, address, gateway, link)
     try:
         inside = ["nsenter", f"--net={host.namespace}", _IP]
-        _run(_IP, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", str(holder.pid))
+        _run(
+            _IP,
+            "link",
+            "add",
+            link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            str(holder.pid),
+        )
         _run(_IP, "addr", "add", f"{gateway}/30", "dev", link)
         _run(_IP, "link", "set", link, "up")
         _run(*inside, "addr", "add", f"{address}/30", "dev", "eth0")
