@@ -33,9 +33,12 @@ from sandbox_server import config as config_module
 from sandbox_server.server import SandboxServer
 
 
-async def execute(stub: pb_grpc.SandboxStub, code: str, runtime: str) -> pb.ExecutionResult:
+async def execute(
+    stub: pb_grpc.SandboxStub, code: str, runtime: str, session_id: str = ""
+) -> pb.ExecutionResult:
     outgoing: asyncio.Queue[pb.ExecuteRequest | None] = asyncio.Queue()
-    outgoing.put_nowait(pb.ExecuteRequest(start=pb.StartExecution(code=code, runtime=runtime)))
+    start = pb.StartExecution(code=code, runtime=runtime, session_id=session_id)
+    outgoing.put_nowait(pb.ExecuteRequest(start=start))
 
     async def requests():  # type: ignore[no-untyped-def]
         while (message := await outgoing.get()) is not None:
@@ -81,21 +84,35 @@ def server_config(workspace: str, **overrides: str) -> config_module.Config:
 
 
 async def main(runs: int) -> None:
-    with tempfile.TemporaryDirectory() as isolated_root, tempfile.TemporaryDirectory() as bare_root:
+    with (
+        tempfile.TemporaryDirectory() as isolated_root,
+        tempfile.TemporaryDirectory() as bare_root,
+        tempfile.TemporaryDirectory() as offline_root,
+    ):
         config = server_config(isolated_root)
-        # The same server without isolation shows what the isolation costs.
+        # The same server without isolation shows what the isolation costs,
+        # and one without a network what the egress network costs.
         bare_config = server_config(bare_root, SANDBOX_ISOLATION="none", SANDBOX_ALLOW_INSECURE="1")
+        offline_config = server_config(offline_root, SANDBOX_NETWORK="none")
         async with (
             SandboxServer(config) as server,
             SandboxServer(bare_config) as bare_server,
+            SandboxServer(offline_config) as offline_server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan,
             grpc.aio.insecure_channel(f"127.0.0.1:{bare_server.port}") as bare_chan,
+            grpc.aio.insecure_channel(f"127.0.0.1:{offline_server.port}") as offline_chan,
         ):
             assert server.sandbox is not None
-            print(f"isolation: {server.sandbox.isolation} (and none, for comparison)")
+            print(
+                f"isolation: {server.sandbox.isolation}, network: {server.sandbox.network.value} "
+                "(and isolation none, network none, for comparison)"
+            )
             stub, bare = pb_grpc.SandboxStub(chan), pb_grpc.SandboxStub(bare_chan)
+            offline = pb_grpc.SandboxStub(offline_chan)
             cases = {
                 "sandbox python set_result": (stub, "set_result(1)", "python"),
+                "  same, in a session": (stub, "set_result(1)", "python", "bench"),
+                "  same, network none": (offline, "set_result(1)", "python"),
                 "  same, isolation none": (bare, "set_result(1)", "python"),
                 "sandbox python 1 tool call": (stub, "set_result(call_tool('t'))", "python"),
                 "sandbox node setResult": (stub, "setResult(1)", "node"),
@@ -107,13 +124,13 @@ async def main(runs: int) -> None:
                 "naive subprocess node -e": [config.node_bin or "node", "-e", "console.log(1)"],
             }
             samples: dict[str, list[float]] = {name: [] for name in [*cases, *baselines]}
-            for target, code, runtime in cases.values():
-                await execute(target, code, runtime)  # warm up
+            for target, code, runtime, *session in cases.values():
+                await execute(target, code, runtime, *session)  # warm up
             # Interleave the cases so machine noise hits all of them alike.
             for _ in range(runs):
-                for name, (target, code, runtime) in cases.items():
+                for name, (target, code, runtime, *session) in cases.items():
                     began = time.perf_counter()
-                    await execute(target, code, runtime)
+                    await execute(target, code, runtime, *session)
                     samples[name].append(time.perf_counter() - began)
                 for name, argv in baselines.items():
                     began = time.perf_counter()
@@ -132,6 +149,8 @@ async def main(runs: int) -> None:
         f"python sandbox/naive {ratio('sandbox python set_result', 'naive subprocess python -c'):.2f}x, "
         f"node sandbox/naive {ratio('sandbox node setResult', 'naive subprocess node -e'):.2f}x, "
         f"python isolated/none {ratio('sandbox python set_result', '  same, isolation none'):.2f}x, "
+        f"python scratch egress/network none {ratio('sandbox python set_result', '  same, network none'):.2f}x, "
+        f"python session egress/network none {ratio('  same, in a session', '  same, network none'):.2f}x, "
         f"node isolated/none {ratio('sandbox node setResult', '  same, isolation none '):.2f}x"
     )
     first, last = sequential[:100], sequential[-100:]

@@ -66,6 +66,8 @@ _MAX_CHANNEL_LINE = 2 * MAX_TOOL_ARGS + 64 * 1024
 """The longest message the prelude may send: a tool call or a result at its size
 limit, whose JSON text may double when escaped (results are capped at 3 MiB)."""
 _REPLY_BUFFER = 8 * MIB
+_INLINE_JSON = 64 * 1024
+"""Channel lines up to this size are decoded on the event loop; longer ones in a thread."""
 MAX_PENDING_CALLS = 256
 """Tool calls one execution may have outstanding at once."""
 _DRAIN_AFTER_EXIT = 0.5
@@ -436,7 +438,13 @@ class _Run:
                     ) from None
                 if not line:
                     break
-                message = json.loads(line)
+                # Big lines are decoded off the event loop: one session's megabytes
+                # of JSON must not stall every other session and the health checks.
+                message = (
+                    await asyncio.to_thread(json.loads, line)
+                    if len(line) > _INLINE_JSON
+                    else json.loads(line)
+                )
                 if not isinstance(message, dict):
                     raise ValueError("a message is not a JSON object")
                 await self._handle(message)

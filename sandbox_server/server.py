@@ -23,6 +23,8 @@ from .service import SandboxService
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
+_STREAMS_PER_CONNECTION = 256
+_IDLE_CONNECTION_MS = 10 * 60 * 1000
 
 
 class SandboxServer:
@@ -62,6 +64,11 @@ class SandboxServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE + 64 * 1024),
                 ("grpc.max_send_message_length", MAX_MESSAGE + 64 * 1024),
+                # A flood of idle connections must not take every file descriptor:
+                # past the cap new connections are closed at once, idle ones time out.
+                ("grpc.max_allowed_incoming_connections", config.max_connections),
+                ("grpc.max_concurrent_streams", _STREAMS_PER_CONNECTION),
+                ("grpc.max_connection_idle_ms", _IDLE_CONNECTION_MS),
             ],
         )
         sandbox_pb2_grpc.add_SandboxServicer_to_server(SandboxService(self.sandbox), server)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,33 @@ async def test_install_flood_runs_one_installer_at_a_time(start_server: StartSer
     assert outcome.output["failed"] == 30
     assert outcome.output["refused"] >= 1
     assert 1 <= peak <= 1, f"{peak} installers ran at once"
+
+
+@pytest.mark.timeout(120)
+async def test_a_connection_flood_is_capped_and_the_server_keeps_serving(
+    start_server: StartServer,
+) -> None:
+    """Idle connections past SANDBOX_MAX_CONNECTIONS are closed; open channels keep working."""
+    server = await start_server(SANDBOX_MAX_CONNECTIONS="16")
+    async with client_for(server) as client:
+        before = await client.run("set_result(1)", timeout=30)
+        flood = []
+        try:
+            for _ in range(64):  # bounded: four times the cap
+                flood.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            await asyncio.sleep(0.5)
+            closed = 0
+            for sock in flood:
+                sock.setblocking(False)
+                try:
+                    closed += sock.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open
+                except ConnectionError:
+                    closed += 1
+            during = await client.run("set_result(2)", timeout=30)
+        finally:
+            for sock in flood:
+                sock.close()
+    assert before.output == 1 and during.output == 2
+    assert closed >= 64 - 16 - 1, f"only {closed} of 64 flood connections were closed"
