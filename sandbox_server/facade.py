@@ -218,8 +218,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 @web.middleware
 async def _no_sandboxed_peers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Sandboxed code may reach this port (SANDBOX_NETWORK=host) but gets only /health."""
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if request.path != "/health" and peer and peers.is_sandboxed(peer[0], peer[1]):
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    own = transport.get_extra_info("sockname") if transport else None
+    if request.path != "/health" and (
+        not peer or not own or peers.is_sandboxed(peer[0], peer[1], [own[1]], own[0])
+    ):
         return _error(403, peers.MESSAGE)
     return await handler(request)
 
