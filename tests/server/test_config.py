@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_server import config as config_module
+from sandbox_server.isolation import Network
 
 from ..conftest import runtime_python
 from ..helpers import eventually
@@ -89,6 +90,11 @@ def test_interpreters_are_resolved_to_absolute_paths(tmp_path: Path) -> None:
         ("SANDBOX_SHUTDOWN_GRACE", "later"),
         ("SANDBOX_DEFAULT_TIMEOUT", "x"),
         ("SANDBOX_MAX_TIMEOUT", "x"),
+        ("SANDBOX_NETWORK", "bridge"),
+        ("SANDBOX_NETWORK_ALLOW", "10.0.0.0/8,not-a-range"),
+        ("SANDBOX_NETWORK_ALLOW", "fd00::/8"),
+        ("SANDBOX_MAX_SESSIONS", "0"),
+        ("SANDBOX_MAX_CONNECTIONS", "many"),
     ],
 )
 def test_invalid_values_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
@@ -135,3 +141,12 @@ async def test_server_refuses_to_start_on_a_bad_value(
         lambda: name in server.log_text(), timeout=10, what=f"{name} in the error output"
     )
     assert not server.port
+
+
+def test_network_settings_are_read(tmp_path: Path) -> None:
+    config = load(
+        tmp_path, SANDBOX_NETWORK="Egress", SANDBOX_NETWORK_ALLOW="10.1.2.3, 192.168.0.0/24"
+    )
+    assert config.network is Network.EGRESS
+    assert [str(net) for net in config.network_allow] == ["10.1.2.3/32", "192.168.0.0/24"]
+    assert load(tmp_path).network is None  # unset: egress where the host can give it, else none
