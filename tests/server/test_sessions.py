@@ -171,3 +171,23 @@ async def test_used_session_gets_a_fresh_ttl(start_server: StartServer) -> None:
         for _ in range(3):
             await asyncio.sleep(1.5)
             assert (await client.run(READ["python"], session_id="busy-bee")).output == "kept"
+
+
+async def test_sessions_are_capped(start_server: StartServer) -> None:
+    """Past SANDBOX_MAX_SESSIONS a new session is refused; an existing one, or a freed slot, still works."""
+    server = await start_server(SANDBOX_MAX_SESSIONS="2")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        client, stub = SandboxClient(channel), pb_grpc.SandboxStub(channel)
+        for session in ("one", "two"):
+            assert (await client.run("set_result(1)", session_id=session)).output == 1
+
+        async def third() -> None:
+            async for _ in stub.Execute(iter([start_message("set_result(1)", session_id="three")])):
+                pass
+
+        error = await rpc_error(third())
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "SANDBOX_MAX_SESSIONS=2" in error.details()
+        assert (await client.run("set_result(2)", session_id="one")).output == 2
+        assert await delete(stub, "two")
+        assert (await client.run("set_result(3)", session_id="three")).output == 3
