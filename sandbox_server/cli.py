@@ -10,7 +10,7 @@ import sys
 from oasis import demo as demo_command
 
 from . import config as config_module
-from . import exec_command
+from . import exec_command, logs_ratelimit
 from .launcher import BuildError, IsolationUnavailable
 from .runtimes import RuntimeUnavailable
 from .server import serve
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logs_ratelimit.install()  # a fault that repeats fast must not flood the log
     if args.command == "serve":
         try:
             config = config_module.load()

@@ -5,7 +5,13 @@
     DELETE /workspace/{session_id}   204
 
 Field names are those of the original HTTP service, so its clients work
-unchanged. Errors are `{"error": "..."}` with 400, 405, 409, 413 or 503.
+unchanged. Errors are `{"error": "..."}` with 400, 403, 405, 409, 413, 415 or 503.
+
+Only programs may call it, not web pages: a request from a browser page
+(an `Origin` of another site) or through a rebound DNS name (a `Host` that is
+not this server's) is refused with 403, and POST /execute takes only
+`application/json` (415), which a page cannot send cross-site without a CORS
+preflight, and this server grants none.
 
 Each request is adapted onto `Sandbox.open()` and its `Execution`, exactly as
 the gRPC servicer does, rather than looping back through a gRPC client. Both
@@ -25,17 +31,21 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import logging
 import math
+import re
+import socket
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from . import peers
 from .auth import token_matches
@@ -64,6 +74,14 @@ HTTP_STATUS = {
 
 MAX_JSON_DEPTH = 64
 """Deeper JSON is refused: nobody needs it, and decoding it costs a recursion per level."""
+_JSON_VALUES_BASE = 1024
+_JSON_VALUES_PER_FILE = 16
+"""A request body may hold this many JSON values plus this many per allowed input file:
+a request is a few fields and its files, so more is an attack on the parser's memory."""
+CALL_BYTES_PER_EXECUTION = 32 * MIB
+"""Tool-call arguments one execution may have in flight to its callback; more wait."""
+CALL_BYTES_TOTAL = 256 * MIB
+"""Tool-call arguments all executions together may have in flight; more wait."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,13 +104,25 @@ class Facade:
         self._sandbox = sandbox
         self._config = config
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._client: aiohttp.ClientSession | None = None
         self.port = 0
+        self.calls = ByteBudget(CALL_BYTES_TOTAL)
+        """Tool-call argument bytes in flight to callbacks, all executions together."""
+        self.connections: ConnectionCap | None = None
 
     async def start(self) -> None:
-        middlewares: list[Any] = [_json_errors, _no_sandboxed_peers]
-        if self._config.auth_token:
-            middlewares.append(_bearer_token(self._config.auth_token))
+        config = self._config
+        host, port = host_port(config.http_addr)
+        cap = ConnectionCap(config.max_connections)
+        middlewares: list[Any] = [
+            _json_errors,
+            cap.middleware,
+            _same_origin(HostCheck(host, config.allowed_hosts)),
+            _no_sandboxed_peers,
+        ]
+        if config.auth_token:
+            middlewares.append(_bearer_token(config.auth_token))
         app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
         app.router.add_post("/execute", self._execute)
         app.router.add_get("/health", self._health)
@@ -101,25 +131,32 @@ class Facade:
         # which closes the Execution and so kills the code.
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
         await runner.setup()
-        host, port = host_port(self._config.http_addr)
+        assert runner.server is not None
+        cap.factory = runner.server
         try:
-            await web.TCPSite(runner, host, port).start()
+            # Our own listener rather than a TCPSite: every accepted socket goes through the cap.
+            listener = await asyncio.get_running_loop().create_server(cap.accept, host, port)
         except OSError as exc:
             await runner.cleanup()
             raise OSError(
-                f"SANDBOX_ADDR: cannot listen on {self._config.http_addr}: {exc.strerror}"
+                f"SANDBOX_ADDR: cannot listen on {config.http_addr}: {exc.strerror}"
             ) from exc
-        self._runner = runner
+        self._runner, self._listener, self.connections = runner, listener, cap
         # An empty host binds IPv4 and IPv6; with port 0 each gets its own port: report IPv4's.
-        ipv4 = [address for address in runner.addresses if len(address) == 2]
-        self.port = (ipv4 or runner.addresses)[0][1]
+        ipv4 = [sock for sock in listener.sockets if sock.family == socket.AF_INET]
+        self.port = (ipv4 or list(listener.sockets))[0].getsockname()[1]
         # One client for every tool callback; a callback's timeout is set per call.
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections; the runner closes the open ones
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -153,12 +190,21 @@ class Facade:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _too_large()
+        # Checked once the size is known, so that an oversize body is a 413 whatever its type.
+        if request.content_type != "application/json":
+            # A web page may send text/plain cross-site without a CORS preflight, never JSON.
+            return _error(
+                415,
+                "POST /execute takes a JSON body: send `Content-Type: application/json` "
+                f"(got {request.headers.get('Content-Type', 'none')[:100]!r})",
+            )
         try:
             # A large body (base64 files) is decoded off the event loop.
+            max_files = self._config.max_input_files
             parsed = (
-                await asyncio.to_thread(parse_execute, body)
+                await asyncio.to_thread(parse_execute, body, max_files=max_files)
                 if len(body) > MIB
-                else parse_execute(body)
+                else parse_execute(body, max_files=max_files)
             )
             execution = self._sandbox.open(parsed.spec)
         except RequestError as exc:
@@ -166,7 +212,7 @@ class Facade:
         assert self._client is not None
         async with execution:
             callbacks = _Callbacks(
-                self._client, execution, parsed.execution_id, parsed.callback_url
+                self._client, execution, parsed.execution_id, parsed.callback_url, self.calls
             )
             spool = _Spool(self._config.workspace_root)
             try:
@@ -184,7 +230,7 @@ class Facade:
         result: Result | None = None
         async for event in execution.events():
             if isinstance(event, ToolCallEvent):
-                callbacks.start(event)
+                await callbacks.start(event)
             elif isinstance(event, FileChunkEvent):
                 await spool.write(event)
             elif isinstance(event, Result):
@@ -244,6 +290,206 @@ def _bearer_token(token: str) -> Any:
     return check
 
 
+def _same_origin(hosts: HostCheck) -> Any:
+    """Refuse web pages: a foreign `Origin` (CSRF) or `Host` (DNS rebinding) is a 403.
+
+    GET /health stays open to any Host for probes; it tells nothing but "ready".
+    """
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/health":
+            return await handler(request)
+        host = request.headers.get("Host")
+        local = request.transport.get_extra_info("sockname") if request.transport else None
+        if host is not None and not hosts.accepts(host, local[0] if local else None):
+            return _error(
+                403,
+                f"Host {host[:100]!r} does not name this server; to reach it by that name "
+                "add the name to SANDBOX_ALLOWED_HOSTS (a DNS-rebinding defence)",
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in _own_origins(host):
+            return _error(
+                403,
+                f"requests from web pages are refused (Origin {origin[:100]!r}); "
+                "call the API from a program, not from a browser",
+            )
+        return await handler(request)
+
+    return check
+
+
+def _own_origins(host: str | None) -> tuple[str, ...]:
+    """The origins of pages this server would itself serve (a TLS proxy may front it)."""
+    return (f"http://{host.lower()}", f"https://{host.lower()}") if host else ()
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """`name`, `name:port`, `[v6]:port` or a bare IPv6 address, as (lowercase name, port).
+
+    An IP address comes back in its canonical form; ValueError when malformed.
+    """
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not a host name or [address]:port")
+        port = rest[1:]
+    elif value.count(":") == 1:
+        name, _, port = value.partition(":")
+    else:  # a name without port, or a bare IPv6 address
+        name, port = value, ""
+    if port and not port.isdigit():
+        raise ValueError(f"{value!r} has an invalid port")
+    name = name.rstrip(".")
+    with contextlib.suppress(ValueError):
+        name = _canonical_ip(name)
+    return name, int(port) if port else None
+
+
+def _canonical_ip(text: str) -> str:
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class HostCheck:
+    """Which `Host` header values name this server (the DNS-rebinding defence).
+
+    A rebinding page reaches the server under its own domain name, which is
+    what tells it apart; so any port is accepted with a known name (proxies
+    and published container ports change it). Known names: localhost,
+    127.0.0.1, [::1], the machine's host name, the host of SANDBOX_ADDR, and
+    the IP address the connection arrived on. SANDBOX_ALLOWED_HOSTS adds
+    entries: `name` (any port) or `name:port` (only that port; a Host without
+    a port is port 80).
+    """
+
+    def __init__(self, listen_host: str | None, allowed: tuple[str, ...]) -> None:
+        self._names = {"localhost", "127.0.0.1", "::1", socket.gethostname().lower()}
+        if listen_host:
+            self._names.add(split_host(listen_host)[0])
+        self._with_port: set[tuple[str, int]] = set()
+        for entry in allowed:
+            try:
+                name, port = split_host(entry)
+            except ValueError:
+                log.warning("SANDBOX_ALLOWED_HOSTS: ignoring %r, not a host or host:port", entry)
+                continue
+            if port is None:
+                self._names.add(name)
+            else:
+                self._with_port.add((name, port))
+
+    def accepts(self, host: str, local_address: str | None) -> bool:
+        """Whether `host` (a Host header) names this server; `local_address` is the
+        address the connection arrived on."""
+        try:
+            name, port = split_host(host)
+        except ValueError:
+            return False
+        if name in self._names or (name, port or 80) in self._with_port:
+            return True
+        # The address the client reached is one of this machine's own: with SANDBOX_ADDR
+        # on all interfaces that may be any of them, and a rebinding page sends a name instead.
+        return local_address is not None and name == _canonical_ip(local_address)
+
+
+class ConnectionCap:
+    """At most `limit` client connections at once (SANDBOX_MAX_CONNECTIONS), so that a
+    flood of connections cannot use up the server's file descriptors.
+
+    At the limit a new connection takes the place of the oldest idle one (kept
+    alive between requests, or one that never finished its headers): dropping
+    it loses no work and a real client reconnects, so idle connections cannot
+    lock clients out. When every connection has a request in progress, the new
+    one is closed at once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.factory: Callable[[], RequestHandler] | None = None
+        """aiohttp's protocol factory (the runner's server), set once the runner is set up."""
+        self.refused = 0
+        self.evicted = 0
+        self._open: dict[RequestHandler, None] = {}  # in accept order: oldest first
+        self._busy: set[RequestHandler] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self._open)
+
+    def accept(self) -> asyncio.Protocol:
+        """The listener's protocol factory, called once per accepted socket."""
+        assert self.factory is not None
+        if len(self._open) >= self.limit and not self._evict_idle():
+            self.refused += 1
+            log.warning(
+                "HTTP connection refused: %d connections are busy (SANDBOX_MAX_CONNECTIONS)",
+                len(self._open),
+            )
+            return _Refused()
+        handler = self.factory()
+        self._open[handler] = None
+        return _Counted(handler, self._open)
+
+    def _evict_idle(self) -> bool:
+        # A handler without transport is accepted but not connected yet: closing it now would leak.
+        idle = (h for h in self._open if h not in self._busy and h.transport is not None)
+        victim = next(idle, None)
+        if victim is None:
+            return False
+        del self._open[victim]
+        victim.force_close()
+        self.evicted += 1
+        return True
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Marks the connection busy while one of its requests is handled."""
+        self._busy.add(request.protocol)
+        try:
+            return await handler(request)
+        finally:
+            self._busy.discard(request.protocol)
+
+
+class _Counted(asyncio.Protocol):
+    """An accepted connection: aiohttp's handler, left in `open` until the socket closes."""
+
+    def __init__(self, handler: RequestHandler, open_: dict[RequestHandler, None]) -> None:
+        self._handler = handler
+        self._open = open_
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> None:
+        self._handler.eof_received()  # aiohttp's answer is None: the transport closes
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open.pop(self._handler, None)
+        self._handler.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: reset at once, so that its descriptor is freed now."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
 # -- request parsing ------------------------------------------------------------
 
 
@@ -254,14 +500,22 @@ class ExecuteRequest:
     callback_url: str
 
 
-def parse_execute(body: bytes) -> ExecuteRequest:
+def parse_execute(body: bytes, *, max_files: int = Config.max_input_files) -> ExecuteRequest:
     """The POST /execute body as an ExecutionSpec; RequestError (400) when malformed.
 
     Only the JSON shape and base64 are checked here: code, runtime, session id
-    and file names are validated by the core, like for gRPC.
+    and file names are validated by the core, like for gRPC. Sizes are checked
+    before anything is built from them: a 32 MiB body of empty objects would
+    otherwise cost gigabytes before the core could refuse it.
     """
+    max_values = _JSON_VALUES_BASE + _JSON_VALUES_PER_FILE * max_files
     try:
-        value = load_json(body)
+        value = load_json(body, max_values=max_values)
+    except TooManyValues:
+        raise invalid(
+            f"the body holds more than {max_values} JSON values; a request is a few fields "
+            f"and at most {max_files} input files (SANDBOX_MAX_INPUT_FILES)"
+        ) from None
     except ValueError as exc:
         raise invalid(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -272,13 +526,18 @@ def parse_execute(body: bytes) -> ExecuteRequest:
     callback_url = _field(value, "callback_url", str, "")
     if callback_url and not callback_url.startswith(("http://", "https://")):
         raise invalid(f"callback_url {callback_url[:200]!r} is not an http:// or https:// URL")
+    files: list[Any] = _field(value, "files", list, [])
+    if len(files) > max_files:
+        raise invalid(
+            f"{len(files)} input files; at most {max_files} are accepted (SANDBOX_MAX_INPUT_FILES)"
+        )
     return ExecuteRequest(
         spec=ExecutionSpec(
             code=code,
             runtime=_field(value, "runtime", str, "") or "python",
             session_id=_field(value, "session_id", str, ""),
             timeout=_timeout(value.get("timeout")),
-            files=tuple(_input_file(i, f) for i, f in enumerate(_field(value, "files", list, []))),
+            files=tuple(_input_file(i, f) for i, f in enumerate(files)),
         ),
         execution_id=_field(value, "execution_id", str, ""),
         callback_url=callback_url,
@@ -338,11 +597,45 @@ def _input_file(index: int, value: Any) -> InputFile:
 # -- tool callbacks -------------------------------------------------------------
 
 
+class ByteBudget:
+    """Bytes that may be in use at once; `acquire` waits until enough are free."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        """The most ever in use at once (for diagnostics and tests)."""
+        self._freed = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        while self.used + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+
+
 class _Callbacks:
-    """Forwards the code's tool calls to callback_url, concurrently, one task per call."""
+    """Forwards the code's tool calls to callback_url, concurrently, one task per call.
+
+    The argument bytes in flight are bounded per execution and, through
+    `shared`, across the facade: a call over budget waits for earlier calls
+    to finish. While it waits the execution's next events wait too, and so
+    does the code (its call_tool blocks longer), so waiting calls do not pile
+    up in memory either.
+    """
 
     def __init__(
-        self, client: aiohttp.ClientSession, execution: Execution, execution_id: str, url: str
+        self,
+        client: aiohttp.ClientSession,
+        execution: Execution,
+        execution_id: str,
+        url: str,
+        shared: ByteBudget,
     ) -> None:
         self._client = client
         self._execution = execution
@@ -350,11 +643,31 @@ class _Callbacks:
         self._url = url
         self._deadline = asyncio.get_running_loop().time() + execution.timeout
         self._tasks: set[asyncio.Task[None]] = set()
+        self.budget = ByteBudget(CALL_BYTES_PER_EXECUTION)
+        self._shared = shared
 
-    def start(self, call: ToolCallEvent) -> None:
-        task = asyncio.create_task(self._forward(call), name=f"callback-{call.call_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def start(self, call: ToolCallEvent) -> None:
+        """Forward `call` as soon as its arguments fit both budgets."""
+        if not self._url:
+            error = f"tool {call.name!r} is unavailable: the request gave no callback_url"
+            self._spawn(self._answer(call.call_id, "", error))
+            return
+        body = self._body(call)
+        size = len(body)
+        limit = min(self.budget.limit, self._shared.limit)
+        if size > limit:
+            error = f"tool {call.name!r}: the call is {size} bytes, more than the {limit} bytes a callback may take"
+            self._spawn(self._answer(call.call_id, "", error))
+            return
+        await self.budget.acquire(size)
+        try:
+            await self._shared.acquire(size)
+        except BaseException:
+            self.budget.release(size)
+            raise
+        task = self._spawn(self._forward(call.call_id, call.name, body))
+        # A done callback, not a finally: a task cancelled before it ran never enters its body.
+        task.add_done_callback(lambda _: self._release(size))
 
     async def aclose(self) -> None:
         """Abandon calls still in flight: the code that made them has ended."""
@@ -362,54 +675,73 @@ class _Callbacks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _forward(self, call: ToolCallEvent) -> None:
-        data, error = await self._call(call)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _release(self, size: int) -> None:
+        self.budget.release(size)
+        self._shared.release(size)
+
+    def _body(self, call: ToolCallEvent) -> bytes:
+        """The callback's JSON body. args_json is JSON the server wrote itself: it is
+        spliced in as is, not parsed and dumped again (a copy per step, for megabytes)."""
+        head = json.dumps({"execution_id": self._execution_id, "name": call.name})
+        return f'{head[:-1]},"args":{call.args_json}}}'.encode()
+
+    async def _forward(self, call_id: str, name: str, body: bytes) -> None:
+        data, error = await self._call(name, body)
+        await self._answer(call_id, data, error)
+
+    async def _answer(self, call_id: str, data: str, error: str) -> None:
         # The execution may have ended meanwhile; then nobody waits for this answer.
         with contextlib.suppress(RequestError):
-            await self._execution.send_tool_result(call.call_id, data, error)
+            await self._execution.send_tool_result(call_id, data, error)
 
-    async def _call(self, call: ToolCallEvent) -> tuple[str, str]:
+    async def _call(self, name: str, body: bytes) -> tuple[str, str]:
         """The (data, error) pair for one call; every failure is a tool error for the code."""
-        if not self._url:
-            return "", f"tool {call.name!r} is unavailable: the request gave no callback_url"
-        payload = {
-            "execution_id": self._execution_id,
-            "name": call.name,
-            "args": json.loads(call.args_json),
-        }
         # Bounded by the execution's own deadline: after it nobody needs the answer.
         budget = max(self._deadline - asyncio.get_running_loop().time(), 0.001)
         try:
             async with asyncio.timeout(budget):
-                async with self._client.post(self._url, json=payload) as response:
-                    body = await _read_capped(response.content, MAX_TOOL_ANSWER)
+                async with self._client.post(
+                    self._url, data=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    answer = await _read_capped(response.content, MAX_TOOL_ANSWER)
                     status = response.status
         except TimeoutError:
-            return "", f"tool {call.name!r}: the callback did not answer within {budget:.0f} s"
+            return "", f"tool {name!r}: the callback did not answer within {budget:.0f} s"
         except aiohttp.ClientError as exc:
             return (
                 "",
-                f"tool {call.name!r}: the callback could not be reached ({exc or type(exc).__name__})",
+                f"tool {name!r}: the callback could not be reached ({exc or type(exc).__name__})",
             )
         except _TooLarge:
-            return (
-                "",
-                f"tool {call.name!r}: the callback answer is larger than {MAX_TOOL_ANSWER} bytes",
-            )
-        answer = _json_object(body)
-        if not 200 <= status < 300:
-            detail = answer.get("error") if answer else body[:500].decode(errors="replace").strip()
-            return "", f"tool {call.name!r}: the callback answered HTTP {status}" + (
-                f": {detail}" if detail else ""
-            )
-        if answer is None:
-            return "", f"tool {call.name!r}: the callback answer is not a JSON object"
-        data, error = answer.get("data"), answer.get("error")
-        if error:
-            return "", error if isinstance(error, str) else json.dumps(error)
-        if data is None:
-            return "", ""
-        return (data if isinstance(data, str) else json.dumps(data)), ""
+            return "", f"tool {name!r}: the callback answer is larger than {MAX_TOOL_ANSWER} bytes"
+        if len(answer) > MIB:
+            # Decoding (and re-encoding) megabytes of JSON is work for a thread, not the loop.
+            return await asyncio.to_thread(_tool_answer, name, status, answer)
+        return _tool_answer(name, status, answer)
+
+
+def _tool_answer(name: str, status: int, body: bytes) -> tuple[str, str]:
+    """The (data, error) pair from the callback's HTTP answer."""
+    answer = _json_object(body)
+    if not 200 <= status < 300:
+        detail = answer.get("error") if answer else body[:500].decode(errors="replace").strip()
+        return "", f"tool {name!r}: the callback answered HTTP {status}" + (
+            f": {detail}" if detail else ""
+        )
+    if answer is None:
+        return "", f"tool {name!r}: the callback answer is not a JSON object"
+    data, error = answer.get("data"), answer.get("error")
+    if error:
+        return "", error if isinstance(error, str) else json.dumps(error)
+    if data is None:
+        return "", ""
+    return (data if isinstance(data, str) else json.dumps(data)), ""
 
 
 class _TooLarge(Exception):
@@ -427,34 +759,56 @@ async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def load_json(body: bytes) -> Any:
-    """json.loads, refusing nesting deeper than MAX_JSON_DEPTH; ValueError says what was wrong."""
-    try:
-        value = json.loads(body)
-    except RecursionError:
-        # The decoder recurses once per level and gives up cleanly.
-        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
-    depth = json_depth(value)
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"nested {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
-    return value
+class TooManyValues(ValueError):
+    """A JSON text holds more values than the caller accepts."""
 
 
-def json_depth(value: Any) -> int:
-    """How deeply arrays and objects nest in a parsed value, walked without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
+def load_json(body: bytes, *, max_values: int | None = None) -> Any:
+    """json.loads, refusing nesting deeper than MAX_JSON_DEPTH or more than `max_values`
+    values before building anything; ValueError says what was wrong."""
+    text = body.decode(json.detect_encoding(body), "surrogatepass")
+    check_json_shape(text, max_values=max_values)
+    return json.loads(text)
+
+
+def _structure(tokens: str) -> re.Pattern[str]:
+    """Matches up to and including the next of `tokens` outside a JSON string.
+
+    Possessive quantifiers: a failed match never backtracks, so a scan is linear.
+    """
+    chars = re.escape(tokens)
+    string = r'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+    return re.compile(rf'(?:[^"{chars}]++|{string})*+([{chars}])', re.DOTALL)
+
+
+_BRACKETS = _structure("[]{}")
+_BRACKETS_AND_COMMAS = _structure("[]{},")
+
+
+def check_json_shape(text: str, *, max_values: int | None = None) -> None:
+    """Scan raw JSON for its depth and (with `max_values`) its number of values.
+
+    The regex skips strings and runs of scalars in C, so Python sees one step
+    per bracket (and comma): cheap for a real request, and a hostile one is
+    stopped at the limit instead of after json.loads built millions of objects.
+    Malformed JSON stops the scan early; json.loads then refuses it.
+    """
+    pattern = _BRACKETS if max_values is None else _BRACKETS_AND_COMMAS
+    depth = values = pos = 0
+    while match := pattern.match(text, pos):
+        pos = match.end()
+        token = match[1]
+        if token == ",":
+            values += 1
+        elif token in "[{":
+            depth += 1
+            values += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
         else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+            depth -= 1
+        if max_values is not None and values > max_values:
+            raise TooManyValues(f"more than {max_values} values")
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
