@@ -58,6 +58,8 @@ class CodeResult:
     output_truncated: bool = False
     """The set_result value was over the runner's max_output and was dropped."""
     duration: float = 0.0
+    cpu_time: float = 0.0
+    """Seconds of CPU time the code's processes used; 0 when the server cannot measure it."""
     execution_id: str = ""
 
     @property

@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .isolation import Level, Limits, Network
@@ -178,6 +178,17 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         ),
         output_size=parsed(
             "SANDBOX_MAX_OUTPUT_SIZE", parse_size, minimum=1, default=Limits.output_size
+        ),
+    )
+    # The session's tmpfs pages count against it: by default one process at its
+    # address-space limit (which resident memory never exceeds) and a full workspace fit.
+    limits = replace(
+        limits,
+        session_memory=parsed(
+            "SANDBOX_SESSION_MEMORY",
+            parse_size,
+            minimum=64 * MIB,
+            default=limits.memory + limits.workspace_size,
         ),
     )
     tls_cert, tls_key = (

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from . import __version__, safefs
+from .cgroups import Cgroups
 from .config import Config
 from .errors import Code, RequestError, invalid
 from .execution import Execution
@@ -39,6 +40,8 @@ class Info:
     config: Config
     isolation: str
     version: str
+    resource_control: str = "rlimits"
+    """How session memory and processes are capped: "cgroup v2", "cgroup v1" or "rlimits"."""
 
 
 class Sandbox:
@@ -92,12 +95,17 @@ class Sandbox:
     def network(self) -> Network:
         return self._launcher.policy.network
 
+    @property
+    def cgroups(self) -> Cgroups:
+        return self._workspaces.cgroups
+
     def info(self) -> Info:
         return Info(
             runtimes={name: rt.version for name, rt in self.runtimes.items()},
             config=self.config,
             isolation=self.isolation,
             version=__version__,
+            resource_control=self.cgroups.mechanism.value,
         )
 
     def open(self, spec: ExecutionSpec) -> Execution:

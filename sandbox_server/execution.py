@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import safefs
+from .cgroups import RunGroup, Usage
 from .config import MIB, Config
 from .errors import RequestError, invalid
 from .isolation import describe_size, limit_hint
@@ -349,9 +350,11 @@ class _Run:
             # Reopening through /proc checks the pipe's owner: make it the session's.
             for fd in theirs:
                 os.fchown(fd, ex._uid, ex._uid)
+        group: RunGroup | None = None
         try:
             assert ex._lease is not None
             network = await ex._workspaces.network(ex._lease)
+            group = await self._start_group()
             process = await ex._launcher.start(
                 LaunchSpec(
                     argv=[*ex._runtime.argv, *map(str, theirs)],
@@ -361,11 +364,14 @@ class _Run:
                     uid=ex._uid,
                     memory=ex._runtime.address_space,
                     netns_fd=network.fd if network else None,
+                    cgroups=group.folders if group else (),
                 )
             )
         except BaseException:
             os.close(to_code[1])
             os.close(to_server[0])
+            if group is not None:
+                await group.finish()
             raise
         finally:
             for fd in theirs:
@@ -374,6 +380,8 @@ class _Run:
             reader, writer, read_transport = await _open_channel(to_server[0], to_code[1])
         except BaseException:
             await process.kill()
+            if group is not None:
+                await group.finish()
             raise
         ex._channel = writer
         deadline = self.started + ex.timeout
@@ -399,7 +407,14 @@ class _Run:
             if ex._uid is not None and not ex.spec.session_id:
                 # A scratch uid goes back to the pool: nothing of it may outlive the run.
                 await ex._launcher.kill_uid(ex._uid)
-        return await self._result(process.returncode, timed_out)
+            usage = await group.finish() if group is not None else None
+        return await self._result(process.returncode, timed_out, usage)
+
+    async def _start_group(self) -> RunGroup | None:
+        """The run's cgroup inside its session's: the session's caps, this run's CPU time."""
+        assert self.ex._lease is not None
+        session = await self.ex._workspaces.cgroup(self.ex._lease)
+        return await session.start_run() if session is not None else None
 
     async def _wait(self, process: Process, deadline: float) -> bool:
         """Wait for the process to end by itself or be stopped; True on timeout."""
@@ -544,32 +559,54 @@ class _Run:
             "LANG": "C.UTF-8",
         }
         async with installer_network(ex._launcher.egress, ex._runtime.index_hosts) as network:
-            process = await ex._launcher.start(
-                LaunchSpec(
-                    argv=argv,
-                    cwd=self.workspace,
-                    env=env,
-                    uid=ex._uid,
-                    memory=ex._runtime.address_space,
-                    # npm works in a private staging folder under /tmp.
-                    tmp_size=ex._config.limits.workspace_size,
-                    netns_fd=network.fd if network else None,
+            # The session's caps hold for its installer too.
+            group = await self._start_group()
+            try:
+                process = await ex._launcher.start(
+                    LaunchSpec(
+                        argv=argv,
+                        cwd=self.workspace,
+                        env=env,
+                        uid=ex._uid,
+                        memory=ex._runtime.address_space,
+                        # npm works in a private staging folder under /tmp.
+                        tmp_size=ex._config.limits.workspace_size,
+                        netns_fd=network.fd if network else None,
+                        cgroups=group.folders if group else (),
+                    )
                 )
-            )
+            except BaseException:
+                if group is not None:
+                    await group.finish()
+                raise
             try:
                 out, err = await asyncio.gather(_tail(process.stdout), _tail(process.stderr))
                 code = await process.wait()
             finally:
                 await process.kill()
+                usage = await group.finish() if group is not None else None
         if code == 0:
             return ""
         text = (err or out).decode(errors="replace").strip()
-        return text[-2000:] or f"the installer exited with code {code}"
+        text = text[-2000:] or f"the installer exited with code {code}"
+        if usage is not None and usage.oom_killed:
+            text = f"{self._session_memory_hint()}\n{text}"
+        return text
 
-    async def _result(self, returncode: int | None, timed_out: bool) -> Result:
+    def _session_memory_hint(self) -> str:
+        size = describe_size(self.ex._config.limits.session_memory)
+        return f"session memory limit of {size} exceeded (its processes and files together)"
+
+    async def _result(
+        self, returncode: int | None, timed_out: bool, usage: Usage | None = None
+    ) -> Result:
         ex = self.ex
         code = returncode if returncode is not None else -1
         error = ""
+        # The kernel's OOM kill in the session's cgroup names the limit better than any text.
+        session_hint = (
+            self._session_memory_hint() if usage is not None and usage.oom_killed else None
+        )
         if timed_out:
             status, code = Status.TIMEOUT, -1
             error = f"execution timed out after {_seconds(ex.timeout)} s"
@@ -583,7 +620,7 @@ class _Run:
             )
             status, code = Status.KILLED, 128 - code
             error = f"the process was killed by signal {name}"
-            hint = limit_hint(
+            hint = session_hint or limit_hint(
                 self.logs.stderr_tail.decode(errors="replace"), ex._config.limits, signal_name=name
             )
             if hint:
@@ -598,9 +635,8 @@ class _Run:
             status = Status.ERROR if self.traceback else Status.OK
             error = self.traceback
         if status is Status.ERROR and (
-            hint := limit_hint(
-                error + self.logs.stderr_tail.decode(errors="replace"), ex._config.limits
-            )
+            hint := session_hint
+            or limit_hint(error + self.logs.stderr_tail.decode(errors="replace"), ex._config.limits)
         ):
             error = f"{hint}\n{error}"
         logs = self.logs.text()
@@ -628,6 +664,7 @@ class _Run:
             error=_clip(error, MAX_ERROR),
             files=tuple(files),
             duration=time.monotonic() - self.started,
+            cpu_time=usage.cpu_time if usage is not None else 0.0,
         )
 
     async def _collect_files(self, room: int) -> tuple[list[OutputFile], list[str]]:

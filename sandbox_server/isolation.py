@@ -79,6 +79,9 @@ class Limits:
     """Files one set_result may return."""
     output_size: int = 1024**3
     """Total bytes of the files one set_result may return."""
+    session_memory: int = 2 * 1024**3
+    """Bytes all of a session's processes and the files they wrote to tmpfs (workspace,
+    /tmp) may hold together, where cgroups work; by default memory + workspace_size."""
 
 
 UID_BASE = 1_000_000_000

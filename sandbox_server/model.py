@@ -97,6 +97,8 @@ class Result:
     error: str = ""
     files: tuple[OutputFile, ...] = ()
     duration: float = 0.0
+    cpu_time: float = 0.0
+    """Seconds of CPU time of all the run's processes; 0 without cgroups."""
 
 
 Event = Started | LogEvent | ToolCallEvent | FileChunkEvent | Result

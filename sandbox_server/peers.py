@@ -52,7 +52,9 @@ class Undecided(Exception):
     """The peer could not be traced to a socket: treated as sandboxed."""
 
 
-def tcp_socket_uid(local: Address, local_port: int, remote: Address, remote_port: int) -> int | None:
+def tcp_socket_uid(
+    local: Address, local_port: int, remote: Address, remote_port: int
+) -> int | None:
     """The uid of the ESTABLISHED TCP socket with exactly this connection; None if there is none."""
     family = socket.AF_INET if local.version == 4 else socket.AF_INET6
     sockid = struct.pack(

@@ -139,7 +139,8 @@ class SandboxServer:
         return (
             f"oasis sandbox {info.version} listening on {self.address} (gRPC) and "
             f"{self.http_address} (HTTP) | runtimes: {runtimes} | "
-            f"isolation: {info.isolation} | max_concurrent={c.max_concurrent} "
+            f"isolation: {info.isolation} | resource control: {info.resource_control} | "
+            f"max_concurrent={c.max_concurrent} "
             f"timeout={c.default_timeout:g}s (max {c.max_timeout:g}s) max_output={c.max_output}B "
             f"session_ttl={c.session_ttl:g}s workspace={c.workspace_root}"
         )

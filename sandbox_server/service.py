@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 
-from .core import Sandbox
+from .core import _MAX_ENV_VARS, Sandbox
 from .errors import Code, RequestError, invalid
 from .execution import Execution
 from .model import (
@@ -42,6 +42,18 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     message = duration_pb2.Duration()
     message.FromNanoseconds(int(seconds * 1e9))
     return message
+
+
+def check_list_sizes(start: pb.StartExecution, *, max_files: int) -> None:
+    """Refuse oversize `files` and `env` before spec_from_proto converts them one by one:
+    a 4 MiB message holds two million empty files, seconds of work on the event loop."""
+    if len(start.files) > max_files:
+        raise invalid(
+            f"{len(start.files)} input files; at most {max_files} are accepted "
+            "(SANDBOX_MAX_INPUT_FILES)"
+        )
+    if len(start.env) > _MAX_ENV_VARS:
+        raise invalid(f"env: {len(start.env)} variables; at most {_MAX_ENV_VARS} are accepted")
 
 
 def spec_from_proto(start: pb.StartExecution) -> ExecutionSpec:
@@ -90,6 +102,7 @@ def result_to_proto(result: Result) -> pb.ExecutionResult:
         status=pb.ExecutionResult.Status.Value(result.status.name),
         duration=_duration(result.duration),
         logs_truncated=result.logs_truncated,
+        cpu_time=_duration(result.cpu_time),
     )
 
 
@@ -108,6 +121,7 @@ class SandboxService(pb_grpc.SandboxServicer):
             )
             return
         try:
+            check_list_sizes(first.start, max_files=self._sandbox.config.max_input_files)
             execution = self._sandbox.open(spec_from_proto(first.start))
         except RequestError as exc:
             await context.abort(GRPC_CODES[exc.code], exc.message)
@@ -185,8 +199,11 @@ class SandboxService(pb_grpc.SandboxServicer):
                 max_output_size=limits.output_size,
                 max_code_size=config.max_code_size,
                 max_input_files=config.max_input_files,
+                # Only where something enforces it.
+                session_memory=limits.session_memory if info.resource_control != "rlimits" else 0,
             ),
             isolation=info.isolation,
             server_version=info.version,
             network=self._sandbox.network.value,
+            resource_control=info.resource_control,
         )

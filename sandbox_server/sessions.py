@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import mounts
+from .cgroups import Cgroups, SessionGroup
 from .errors import Code, RequestError, invalid
 from .isolation import UID_BASE, UID_BLOCK, UID_COUNT, Limits
 from .launcher.network import Egress, SessionNetwork
@@ -60,8 +61,10 @@ class Workspaces:
 
     With `per_session_uid`, every workspace (named or scratch) gets a uid of
     its own that owns its files; with `quota`, each is a size-capped tmpfs, so
-    one session cannot fill the disk or starve another. Workspaces do not
-    outlive the server: leftovers of an earlier run are removed at start.
+    one session cannot fill the disk or starve another. Where cgroups work,
+    each also gets a cgroup capping the memory (tmpfs pages included) and
+    processes of all its code together. Workspaces do not outlive the server:
+    leftovers of an earlier run are removed at start.
     """
 
     def __init__(self, root: Path, *, ttl: float, limits: Limits, max_sessions: int = 256) -> None:
@@ -83,12 +86,19 @@ class Workspaces:
         self.quota = False
         self.egress: Egress | None = None
         """Set when each workspace's code gets its own egress network (SANDBOX_NETWORK=egress)."""
+        self.cgroups = Cgroups()
+        """Per-session memory and process caps; probed by start() (rlimits only until then)."""
+        self._groups: dict[Path, SessionGroup] = {}
+        self._group_locks: dict[Path, asyncio.Lock] = {}
 
     async def start(self) -> None:
         for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
             folder.mkdir(parents=True, exist_ok=True, mode=0o711)
         await self._remove_leftovers()
         self.quota = await asyncio.to_thread(self._quota_works)
+        self.cgroups = await Cgroups.start(
+            memory=self._limits.session_memory, processes=self._limits.processes
+        )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="workspace-sweeper")
 
     async def close(self) -> None:
@@ -99,6 +109,7 @@ class Workspaces:
         for name in list(self._sessions):
             session = self._sessions.pop(name)
             await self._discard(session.workspace)
+        await self.cgroups.close()
 
     @asynccontextmanager
     async def lease(self, session_id: str, execution_id: str) -> AsyncIterator[Workspace]:
@@ -156,6 +167,19 @@ class Workspaces:
                 network = self._networks[workspace.path] = await self.egress.create()
             return network
 
+    async def cgroup(self, workspace: Workspace) -> SessionGroup | None:
+        """The workspace's own cgroup (memory and process caps for all its code together),
+        made on first use and kept with the workspace; None without cgroups."""
+        lock = self._group_locks.setdefault(workspace.path, asyncio.Lock())
+        async with lock:
+            group = self._groups.get(workspace.path)
+            if group is None:
+                path = workspace.path
+                group = await self.cgroups.create(f"{path.parent.name}-{path.name}")
+                if group is not None:
+                    self._groups[path] = group
+            return group
+
     def is_known(self, session_id: str) -> bool:
         return session_id in self._sessions
 
@@ -202,7 +226,12 @@ class Workspaces:
     async def _discard(self, workspace: Workspace) -> None:
         self._network_locks.pop(workspace.path, None)
         network = self._networks.pop(workspace.path, None)
+        self._group_locks.pop(workspace.path, None)
+        group = self._groups.pop(workspace.path, None)
         try:
+            if group is not None:
+                # First: no process of the session may outlive it (this never raises).
+                await group.remove()
             if network is not None:
                 await network.close()
             await self._remove(workspace.path)

@@ -39,6 +39,8 @@ class SandboxLimits:
     """Total bytes of the files one set_result may return."""
     max_code_size: int = 0
     max_input_files: int = 0
+    session_memory: int = 0
+    """Bytes a session's processes and files may use together; 0 when not enforced."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,3 +56,5 @@ class SandboxInfo:
     """"host" or "none": what the code can reach."""
     version: str
     """The server's version."""
+    resource_control: str = ""
+    """"cgroup v2", "cgroup v1" or "rlimits": how session memory and processes are capped."""

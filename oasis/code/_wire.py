@@ -171,6 +171,7 @@ def code_result(
         logs_truncated=logs_truncated,
         output_truncated=output_truncated,
         duration=message.duration.ToNanoseconds() / 1e9,
+        cpu_time=message.cpu_time.ToNanoseconds() / 1e9,
         execution_id=execution_id,
     )
 
@@ -198,8 +199,10 @@ def sandbox_info(message: pb.GetInfoResponse) -> SandboxInfo:
             max_output_size=limits.max_output_size,
             max_code_size=limits.max_code_size,
             max_input_files=limits.max_input_files,
+            session_memory=limits.session_memory,
         ),
         isolation=message.isolation,
         version=message.server_version,
         network=message.network,
+        resource_control=message.resource_control,
     )

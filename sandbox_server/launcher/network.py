@@ -83,9 +83,12 @@ class SessionNetwork:
             return
         self._closed = True
         os.close(self.fd)
-        os.close(self._exit_fd)  # slirp4netns exits when this pipe closes
+        os.close(self._exit_fd)
         if self._holder.stdin is not None:
             self._holder.stdin.close()  # the holder exits when its stdin closes
+        # slirp4netns notices its exit fd only at its next poll (20-30 ms): stop it now.
+        with contextlib.suppress(ProcessLookupError):
+            self._slirp.terminate()
         for process in (self._slirp, self._holder):
             await _reap(process)
 

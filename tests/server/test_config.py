@@ -150,3 +150,13 @@ def test_network_settings_are_read(tmp_path: Path) -> None:
     assert config.network is Network.EGRESS
     assert [str(net) for net in config.network_allow] == ["10.1.2.3/32", "192.168.0.0/24"]
     assert load(tmp_path).network is None  # unset: egress where the host can give it, else none
+
+
+def test_session_memory_defaults_to_memory_plus_workspace(tmp_path: Path) -> None:
+    assert load(tmp_path).limits.session_memory == 2 * 1024**3
+    config = load(tmp_path, SANDBOX_MEMORY="256MiB", SANDBOX_WORKSPACE_SIZE="512MiB")
+    assert config.limits.session_memory == 768 * 1024**2
+    assert load(tmp_path, SANDBOX_SESSION_MEMORY="3GiB").limits.session_memory == 3 * 1024**3
+    for bad in ("lots", "1MiB"):
+        with pytest.raises(config_module.ConfigError, match=r"^SANDBOX_SESSION_MEMORY"):
+            load(tmp_path, SANDBOX_SESSION_MEMORY=bad)

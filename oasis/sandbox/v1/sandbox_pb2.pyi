@@ -347,6 +347,7 @@ class ExecutionResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     LOGS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    CPU_TIME_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """JSON text of the value given to set_result; "" when none was set."""
     logs: _builtins.str
@@ -364,6 +365,10 @@ class ExecutionResult(_message.Message):
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def cpu_time(self) -> _duration_pb2.Duration:
+        """CPU time of all the run's processes; zero when resource_control is "rlimits"."""
+
     def __init__(
         self,
         *,
@@ -375,10 +380,11 @@ class ExecutionResult(_message.Message):
         status: Global___ExecutionResult.Status.ValueType = ...,
         duration: _duration_pb2.Duration | None = ...,
         logs_truncated: _builtins.bool = ...,
+        cpu_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "exit_code", b"exit_code", "files", b"files", "logs", b"logs", "logs_truncated", b"logs_truncated", "output", b"output", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "duration", b"duration", "error", b"error", "exit_code", b"exit_code", "files", b"files", "logs", b"logs", "logs_truncated", b"logs_truncated", "output", b"output", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +551,7 @@ class GetInfoResponse(_message.Message):
         MAX_OUTPUT_SIZE_FIELD_NUMBER: _builtins.int
         MAX_CODE_SIZE_FIELD_NUMBER: _builtins.int
         MAX_INPUT_FILES_FIELD_NUMBER: _builtins.int
+        SESSION_MEMORY_FIELD_NUMBER: _builtins.int
         max_concurrent: _builtins.int
         max_output: _builtins.int
         """Bytes of logs kept per execution."""
@@ -568,6 +575,10 @@ class GetInfoResponse(_message.Message):
         max_code_size: _builtins.int
         """Request limits."""
         max_input_files: _builtins.int
+        session_memory: _builtins.int
+        """Bytes all of a session's processes and the files they wrote (workspace,
+        /tmp) may use together; 0 when resource_control is "rlimits" (not enforced).
+        """
         @_builtins.property
         def default_timeout(self) -> _duration_pb2.Duration: ...
         @_builtins.property
@@ -599,10 +610,11 @@ class GetInfoResponse(_message.Message):
             max_output_size: _builtins.int = ...,
             max_code_size: _builtins.int = ...,
             max_input_files: _builtins.int = ...,
+            session_memory: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "default_timeout", b"default_timeout", "max_timeout", b"max_timeout", "session_ttl", b"session_ttl"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "default_timeout", b"default_timeout", "max_code_size", b"max_code_size", "max_concurrent", b"max_concurrent", "max_file_size", b"max_file_size", "max_input_files", b"max_input_files", "max_open_files", b"max_open_files", "max_output", b"max_output", "max_output_files", b"max_output_files", "max_output_size", b"max_output_size", "max_processes", b"max_processes", "max_result", b"max_result", "max_timeout", b"max_timeout", "memory", b"memory", "session_ttl", b"session_ttl", "tmp_size", b"tmp_size", "workspace_files", b"workspace_files", "workspace_size", b"workspace_size"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "default_timeout", b"default_timeout", "max_code_size", b"max_code_size", "max_concurrent", b"max_concurrent", "max_file_size", b"max_file_size", "max_input_files", b"max_input_files", "max_open_files", b"max_open_files", "max_output", b"max_output", "max_output_files", b"max_output_files", "max_output_size", b"max_output_size", "max_processes", b"max_processes", "max_result", b"max_result", "max_timeout", b"max_timeout", "memory", b"memory", "session_memory", b"session_memory", "session_ttl", b"session_ttl", "tmp_size", b"tmp_size", "workspace_files", b"workspace_files", "workspace_size", b"workspace_size"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -611,11 +623,16 @@ class GetInfoResponse(_message.Message):
     ISOLATION_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    RESOURCE_CONTROL_FIELD_NUMBER: _builtins.int
     isolation: _builtins.str
     """"none", "uid" or "namespaces"."""
     server_version: _builtins.str
     network: _builtins.str
     """What the code can reach: "host" (the server's network) or "none" (loopback only)."""
+    resource_control: _builtins.str
+    """How session memory and processes are capped: "cgroup v2", "cgroup v1", or
+    "rlimits" (per process only).
+    """
     @_builtins.property
     def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Runtime]: ...
     @_builtins.property
@@ -628,10 +645,11 @@ class GetInfoResponse(_message.Message):
         isolation: _builtins.str = ...,
         server_version: _builtins.str = ...,
         network: _builtins.str = ...,
+        resource_control: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "limits", b"limits", "network", b"network", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "limits", b"limits", "network", b"network", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
