@@ -186,7 +186,8 @@ class Launcher:
         self, spec: LaunchSpec, options: int, pass_fds: tuple[int, ...]
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            self._init,
+            # Named plainly: its path would tell the code where workspaces live on the host.
+            "oasis-init",
             "--args-fd",
             str(options),
             "--",
@@ -201,6 +202,7 @@ class Launcher:
             env={},
             pass_fds=pass_fds,
             start_new_session=True,
+            executable=self._init,
         )
 
     async def kill_uid(self, uid: int) -> None:

@@ -328,3 +328,83 @@ async def test_no_file_descriptors_leak_into_the_code(client: SandboxClient, run
     if runtime == "python":
         extra = {fd: target for fd, target in report["code"].items() if fd not in ("0", "1", "2")}
         assert len(extra) == 2 and all(t.startswith("pipe:") for t in extra.values()), extra
+
+
+PID_ONE = """
+import os
+fields = dict(line.split(':', 1) for line in open('/proc/1/status') if ':' in line)
+try:
+    open('/proc/1/environ', 'rb').read()
+    environ = 'readable'
+except OSError as exc:
+    environ = type(exc).__name__
+set_result({
+    'uids': fields['Uid'].split(),
+    'caps': [fields[name].strip() for name in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd')],
+    'seccomp': fields['Seccomp'].strip(),
+    'cmdline': open('/proc/1/cmdline', 'rb').read().decode(errors='replace'),
+    'environ': environ,
+})
+"""
+
+
+async def test_the_sandbox_init_has_no_privileges_and_shows_no_options(
+    server: SandboxServer, client: SandboxClient
+) -> None:
+    """pid 1 of the sandbox runs as nobody, without capabilities, under seccomp; its command
+    line shows neither the request's environment values nor host paths."""
+    secret = f"value-{secrets.token_hex(8)}"
+    outcome = await client.run(PID_ONE, env={"OASIS_PROBE": secret}, session_id="pid-one")
+    report = outcome.output
+    assert report is not None, outcome.result.error
+    assert report["uids"] == ["65534"] * 4
+    assert report["caps"][:3] == ["0000000000000000"] * 3
+    assert report["seccomp"] == "2"
+    assert report["environ"] == "PermissionError"
+    assert secret not in report["cmdline"]
+    assert str(server.config.workspace_root) not in report["cmdline"]
+    assert "--env" not in report["cmdline"] and "--rw" not in report["cmdline"]
+
+
+SUBMOUNT = """
+import os
+folder = os.environ['FOLDER']
+try:
+    open(os.path.join(folder, 'planted'), 'w').write('x')
+    write = 'written'
+except OSError as exc:
+    write = exc.strerror
+options = [line.split()[5] for line in open('/proc/self/mountinfo') if line.split()[4] == folder]
+set_result({'write': write, 'options': options, 'seen': sorted(os.listdir(folder))})
+"""
+
+
+async def test_file_systems_mounted_below_system_folders_are_read_only_too(
+    start_server: StartServer,
+) -> None:
+    """A file system mounted under /usr on the host is read-only, nosuid and nodev inside."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    folder = Path(f"/usr/local/oasis-submount-{secrets.token_hex(4)}")
+    folder.mkdir()
+    try:
+        mounted = await asyncio.create_subprocess_exec(
+            "mount", "-t", "tmpfs", "-o", "size=1m", "oasis-test", str(folder)
+        )
+        assert await mounted.wait() == 0
+        (folder / "present").write_text("from the host")
+        server = await start_server()
+        async with client_for(server) as client:
+            outcome = await client.run(SUBMOUNT, env={"FOLDER": str(folder)})
+        report = outcome.output
+        assert report is not None, outcome.result.error
+        assert report["seen"] == ["present"]  # the submount is there, and so is its file
+        assert report["write"] == "Read-only file system"
+        assert report["options"] and all(
+            {"ro", "nosuid", "nodev"} <= set(options.split(",")) for options in report["options"]
+        ), report["options"]
+        assert not (folder / "planted").exists()
+    finally:
+        unmounted = await asyncio.create_subprocess_exec("umount", "-l", str(folder))
+        await unmounted.wait()
+        folder.rmdir()
