@@ -15,10 +15,11 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from . import mounts
 from .cgroups import Cgroups, SessionGroup
@@ -28,6 +29,8 @@ from .launcher.network import Egress, SessionNetwork
 from .safefs import remove_tree
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -47,6 +50,29 @@ class Workspace:
     path: Path
     uid: int | None
     """The session's own uid, or None when sessions share the server's (level `none`)."""
+
+
+class _PerWorkspace(Generic[T]):
+    """One resource per workspace (its network, its cgroup): made on first use, by one
+    caller even when executions of a session start together, and kept until popped."""
+
+    def __init__(self, make: Callable[[Path], Awaitable[T | None]]) -> None:
+        self._make = make
+        self._made: dict[Path, T] = {}
+        self._locks: dict[Path, asyncio.Lock] = {}
+
+    async def get(self, path: Path) -> T | None:
+        async with self._locks.setdefault(path, asyncio.Lock()):
+            found = self._made.get(path)
+            if found is None:
+                found = await self._make(path)
+                if found is not None:
+                    self._made[path] = found
+            return found
+
+    def pop(self, path: Path) -> T | None:
+        self._locks.pop(path, None)
+        return self._made.pop(path, None)
 
 
 @dataclass
@@ -80,16 +106,15 @@ class Workspaces:
         self._uid_block = UID_BASE + secrets.randbelow(UID_COUNT // UID_BLOCK) * UID_BLOCK
         self._uids_in_use: set[int] = set()
         self._max_sessions = max_sessions
-        self._networks: dict[Path, SessionNetwork] = {}
-        self._network_locks: dict[Path, asyncio.Lock] = {}
+        self._networks = _PerWorkspace(self._make_network)
+        self._closing: set[asyncio.Task[None]] = set()
         self.per_session_uid = False
         self.quota = False
         self.egress: Egress | None = None
         """Set when each workspace's code gets its own egress network (SANDBOX_NETWORK=egress)."""
         self.cgroups = Cgroups()
         """Per-session memory and process caps; probed by start() (rlimits only until then)."""
-        self._groups: dict[Path, SessionGroup] = {}
-        self._group_locks: dict[Path, asyncio.Lock] = {}
+        self._groups = _PerWorkspace(self._make_group)
 
     async def start(self) -> None:
         for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
@@ -109,6 +134,7 @@ class Workspaces:
         for name in list(self._sessions):
             session = self._sessions.pop(name)
             await self._discard(session.workspace)
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.cgroups.close()
 
     @asynccontextmanager
@@ -157,28 +183,19 @@ class Workspaces:
         return True
 
     async def network(self, workspace: Workspace) -> SessionNetwork | None:
-        """The workspace's own egress network, made on first use and kept with the workspace."""
-        if self.egress is None:
-            return None
-        lock = self._network_locks.setdefault(workspace.path, asyncio.Lock())
-        async with lock:
-            network = self._networks.get(workspace.path)
-            if network is None:
-                network = self._networks[workspace.path] = await self.egress.create()
-            return network
+        """The workspace's own egress network; None unless the network is egress."""
+        return await self._networks.get(workspace.path)
 
     async def cgroup(self, workspace: Workspace) -> SessionGroup | None:
-        """The workspace's own cgroup (memory and process caps for all its code together),
-        made on first use and kept with the workspace; None without cgroups."""
-        lock = self._group_locks.setdefault(workspace.path, asyncio.Lock())
-        async with lock:
-            group = self._groups.get(workspace.path)
-            if group is None:
-                path = workspace.path
-                group = await self.cgroups.create(f"{path.parent.name}-{path.name}")
-                if group is not None:
-                    self._groups[path] = group
-            return group
+        """The workspace's own cgroup (memory and process caps for all its code together);
+        None without cgroups."""
+        return await self._groups.get(workspace.path)
+
+    async def _make_network(self, path: Path) -> SessionNetwork | None:
+        return await self.egress.create() if self.egress is not None else None
+
+    async def _make_group(self, path: Path) -> SessionGroup | None:
+        return await self.cgroups.create(f"{path.parent.name}-{path.name}")
 
     def is_known(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -224,16 +241,17 @@ class Workspaces:
         return True
 
     async def _discard(self, workspace: Workspace) -> None:
-        self._network_locks.pop(workspace.path, None)
-        network = self._networks.pop(workspace.path, None)
-        self._group_locks.pop(workspace.path, None)
-        group = self._groups.pop(workspace.path, None)
+        network = self._networks.pop(workspace.path)
+        group = self._groups.pop(workspace.path)
         try:
             if group is not None:
                 # First: no process of the session may outlive it (this never raises).
                 await group.remove()
             if network is not None:
-                await network.close()
+                # The kernel takes 20-40 ms to tear its interface down: off the client's path.
+                closing = asyncio.create_task(network.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             await self._remove(workspace.path)
         finally:
             if workspace.uid is not None:
