@@ -628,7 +628,10 @@ class GetInfoResponse(_message.Message):
     """"none", "uid" or "namespaces"."""
     server_version: _builtins.str
     network: _builtins.str
-    """What the code can reach: "host" (the server's network) or "none" (loopback only)."""
+    """What the code can reach: "egress" (the outside world through its session's own
+    network namespace, never this host or private ranges), "none" (loopback only)
+    or "host" (the server's own network).
+    """
     resource_control: _builtins.str
     """How session memory and processes are capped: "cgroup v2", "cgroup v1", or
     "rlimits" (per process only).
