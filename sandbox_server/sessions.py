@@ -135,6 +135,8 @@ class Workspaces:
             session = self._sessions.pop(name)
             await self._discard(session.workspace)
         await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.egress is not None:
+            await self.egress.close()
         await self.cgroups.close()
 
     @asynccontextmanager
@@ -192,7 +194,7 @@ class Workspaces:
         return await self._groups.get(workspace.path)
 
     async def _make_network(self, path: Path) -> SessionNetwork | None:
-        return await self.egress.create() if self.egress is not None else None
+        return await self.egress.take() if self.egress is not None else None
 
     async def _make_group(self, path: Path) -> SessionGroup | None:
         return await self.cgroups.create(f"{path.parent.name}-{path.name}")

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,31 @@ async def test_a_session_network_ends_with_its_session(start_server: StartServer
             break
         await asyncio.sleep(0.05)
     assert namespace_holders(namespace) == []
+
+
+def _our_slirps() -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name, parent = (
+            stat.split("(", 1)[1].rsplit(")", 1)[0],
+            int(stat.rsplit(")", 1)[1].split()[1]),
+        )
+        if name == "slirp4netns" and parent == os.getpid():
+            found.append(int(pid))
+    return found
+
+
+async def test_networks_made_ahead_are_closed_with_the_server(start_server: StartServer) -> None:
+    """Scratch runs take networks prepared ahead of time; stopping the server ends them all."""
+    server = await start_server()
+    async with client_for(server) as client:
+        for _ in range(3):
+            outcome = await client.run(PROBE, env={"TARGETS": "{}"}, timeout=60)
+            assert outcome.output is not None, outcome.result.error
+    assert _our_slirps(), "networks should be kept ready while the server runs"
+    await server.stop(grace=0)
+    assert _our_slirps() == []
