@@ -386,7 +386,7 @@ async def test_file_systems_mounted_below_system_folders_are_read_only_too(
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
     folder = Path(f"/usr/local/oasis-submount-{secrets.token_hex(4)}")
-    folder.mkdir()
+    os.mkdir(folder)
     try:
         mounted = await asyncio.create_subprocess_exec(
             "mount", "-t", "tmpfs", "-o", "size=1m", "oasis-test", str(folder)
@@ -407,4 +407,4 @@ async def test_file_systems_mounted_below_system_folders_are_read_only_too(
     finally:
         unmounted = await asyncio.create_subprocess_exec("umount", "-l", str(folder))
         await unmounted.wait()
-        folder.rmdir()
+        os.rmdir(folder)
