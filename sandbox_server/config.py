@@ -59,6 +59,8 @@ class Config:
     """SANDBOX_NETWORK; None (unset): egress where the host can give it, else none."""
     network_allow: tuple[ipaddress.IPv4Network, ...] = ()
     """SANDBOX_NETWORK_ALLOW: private ranges the code may reach under egress."""
+    network_deny: tuple[ipaddress.IPv4Network, ...] = ()
+    """SANDBOX_NETWORK_DENY: more ranges the code never reaches (a container's outer host)."""
     limits: Limits = field(default_factory=Limits)
     max_code_size: int = 1 * MIB
     max_input_files: int = 100
@@ -153,6 +155,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     except ValueError as exc:
         raise ConfigError(f"SANDBOX_NETWORK: {exc}") from None
     network_allow = _networks("SANDBOX_NETWORK_ALLOW", get("SANDBOX_NETWORK_ALLOW"))
+    network_deny = _networks("SANDBOX_NETWORK_DENY", get("SANDBOX_NETWORK_DENY"))
 
     limits = Limits(
         cpu_time=parsed("SANDBOX_CPU_TIME", parse_duration, minimum=1, default=Limits.cpu_time),
@@ -220,6 +223,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         allow_insecure=allow_insecure,
         network=network,
         network_allow=network_allow,
+        network_deny=network_deny,
         limits=limits,
         max_code_size=parsed("SANDBOX_MAX_CODE_SIZE", parse_size, minimum=1, default=1 * MIB),
         max_input_files=parsed("SANDBOX_MAX_INPUT_FILES", positive_int, minimum=1, default=100),

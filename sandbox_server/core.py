@@ -277,7 +277,9 @@ async def _choose_network(config: Config, launcher: Launcher) -> None:
     elif wanted is Network.HOST:
         chosen = Network.HOST
     else:
-        candidate = Egress(launcher.init_binary, allow=config.network_allow)
+        candidate = Egress(
+            launcher.init_binary, allow=config.network_allow, deny=config.network_deny
+        )
         try:
             await candidate.probe()
             egress = candidate
@@ -296,7 +298,7 @@ async def _choose_network(config: Config, launcher: Launcher) -> None:
             "host's network and reaches every local service; set a token"
         )
     resolv_conf = None
-    if chosen is Network.EGRESS:
+    if egress is not None:  # installers resolve index names under `none` too
         resolv_conf = str(write_resolv_conf(config.workspace_root / "etc"))
     launcher.policy = replace(launcher.policy, network=chosen, resolv_conf=resolv_conf)
     launcher.egress = egress

@@ -268,10 +268,16 @@ async def _no_sandboxed_peers(request: web.Request, handler: Handler) -> web.Str
     peer = transport.get_extra_info("peername") if transport else None
     own = transport.get_extra_info("sockname") if transport else None
     if request.path != "/health" and (
-        not peer or not own or peers.is_sandboxed(peer[0], peer[1], [own[1]], own[0])
+        not peer or not own or peers.is_sandboxed(_scoped(peer), peer[1], [own[1]], own[0])
     ):
         return _error(403, peers.MESSAGE)
     return await handler(request)
+
+
+def _scoped(address: tuple[Any, ...]) -> str:
+    """An IPv6 socket address's host with its scope (`fe80::1%4`): link-local needs it."""
+    host = str(address[0])
+    return f"{host}%{address[3]}" if len(address) == 4 and address[3] else host
 
 
 def _bearer_token(token: str) -> Any:

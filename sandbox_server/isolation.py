@@ -87,6 +87,8 @@ class Limits:
 UID_BASE = 1_000_000_000
 """Session uids start here: far above any user a host or a container assigns."""
 UID_COUNT = 2_000_000_000
+INIT_UID = UID_BASE - 2
+"""The uid pid 1 of every sandbox drops to: no session's, and no host process has it."""
 UID_BLOCK = 100_000
 """Each server takes its session uids from one random block of the range, so
 two servers on one host (whose rlimits count per uid) are unlikely to meet."""
@@ -132,7 +134,7 @@ class Policy:
                 args += ["--ro", path]
             args += ["--rw", str(workspace)]
         if uid is not None:
-            args += ["--uid", str(uid), "--gid", str(uid)]
+            args += ["--uid", str(uid), "--gid", str(uid), "--init-uid", str(INIT_UID)]
         args += [
             "--rlimit", f"cpu={max(int(limits.cpu_time), 1)}",
             "--rlimit", f"nproc={limits.processes}",

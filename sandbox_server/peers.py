@@ -53,14 +53,17 @@ class Undecided(Exception):
 
 
 def tcp_socket_uid(
-    local: Address, local_port: int, remote: Address, remote_port: int
+    local: Address, local_port: int, remote: Address, remote_port: int, interface: int = 0
 ) -> int | None:
-    """The uid of the ESTABLISHED TCP socket with exactly this connection; None if there is none."""
+    """The uid of the ESTABLISHED TCP socket with exactly this connection; None if there is none.
+
+    `interface`: the scope of a link-local connection (its interface index).
+    """
     family = socket.AF_INET if local.version == 4 else socket.AF_INET6
     sockid = struct.pack(
         "!HH16s16s", local_port, remote_port, local.packed.ljust(16, b"\0"),
         remote.packed.ljust(16, b"\0"),
-    ) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)  # fmt: skip
+    ) + struct.pack("=III", interface, _NO_COOKIE, _NO_COOKIE)  # fmt: skip
     request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
     header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as link:
@@ -121,30 +124,39 @@ def is_sandboxed(
 def _peer_uid(
     peer_host: str, peer_port: int, server_ports: Iterable[int], server_host: str | None
 ) -> int | None:
-    """The uid of a local client's socket; None for a peer on another machine."""
-    peer = _plain(ipaddress.ip_address(peer_host))
+    """The uid of a local client's socket; None for a peer on another machine.
+
+    The lookup is made for every peer: whether an address is "ours" is not
+    decided by comparing text (a link-local peer carries a scope, `%eth0`).
+    """
+    peer, interface = _plain(peer_host)
     local = _local.get()
-    if not (peer.is_loopback or peer in local):
-        return None  # another machine: not in our tables
     # The server's side of the connection: given (HTTP), or any address we have (gRPC).
-    candidates = [_plain(ipaddress.ip_address(server_host))] if server_host else [peer, *local]
+    candidates = [_plain(server_host)[0]] if server_host else [peer, *local]
     for server_port in set(server_ports):
         for server in candidates:
             if server.version != peer.version:
                 continue
-            uid = tcp_socket_uid(peer, peer_port, server, server_port)
+            uid = tcp_socket_uid(peer, peer_port, server, server_port, interface)
             if uid is None and peer.version == 4:
                 # A dual-stack client socket holds the IPv4 connection as mapped IPv6.
                 uid = tcp_socket_uid(_mapped(peer), peer_port, _mapped(server), server_port)
             if uid is not None:
                 return uid
-    raise Undecided(f"no established connection from {peer_host}:{peer_port} to this server")
+    if peer.is_loopback or peer.is_link_local or peer in local:
+        raise Undecided(f"no established connection from {peer_host}:{peer_port} to this server")
+    return None  # another machine: its sockets are not in our tables
 
 
-def _plain(address: Address) -> Address:
+def _plain(text: str) -> tuple[Address, int]:
+    """The address without its scope (IPv4 for a mapped IPv6 one), and the scope's interface."""
+    host, _, scope = text.partition("%")
+    address = ipaddress.ip_address(host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+        return address.ipv4_mapped, 0
+    if not scope:
+        return address, 0
+    return address, int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
 
 
 def _mapped(address: Address) -> ipaddress.IPv6Address:

@@ -245,15 +245,16 @@ class Workspaces:
     async def _discard(self, workspace: Workspace) -> None:
         network = self._networks.pop(workspace.path)
         group = self._groups.pop(workspace.path)
+        if network is not None:
+            # Scheduled before any await, so a cancel cannot leak it; the kernel takes
+            # 20-40 ms to tear its interface down, which stays off the client's path.
+            closing = asyncio.create_task(network.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         try:
             if group is not None:
                 # First: no process of the session may outlive it (this never raises).
                 await group.remove()
-            if network is not None:
-                # The kernel takes 20-40 ms to tear its interface down: off the client's path.
-                closing = asyncio.create_task(network.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
             await self._remove(workspace.path)
         finally:
             if workspace.uid is not None:

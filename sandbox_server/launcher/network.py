@@ -50,6 +50,7 @@ BLOCKED = tuple(
         "100.64.0.0/10",  # carrier-grade NAT, also used by some clouds internally
         "127.0.0.0/8",
         "169.254.0.0/16",  # link-local: cloud metadata services
+        "168.63.129.16/32",  # Azure's host agent endpoint (public space, host-only service)
         "172.16.0.0/12",
         "192.0.0.0/24",
         "192.168.0.0/16",
@@ -103,11 +104,13 @@ class Egress:
         init_binary: Path,
         *,
         allow: Sequence[ipaddress.IPv4Network] = (),
+        deny: Sequence[ipaddress.IPv4Network] = (),
         slirp: str | None = None,
         ip: str | None = None,
     ) -> None:
         self._init = str(init_binary)
         self._allow = tuple(allow)
+        self._deny = tuple(deny)
         self._slirp = slirp or shutil.which("slirp4netns", path=_SEARCH_PATH)
         self._ip = ip or shutil.which("ip", path=_SEARCH_PATH)
         self._ready: list[SessionNetwork] = []
@@ -220,21 +223,23 @@ class Egress:
         os.close(exit_r)
         try:
             # slirp4netns writes "1" once the interface is configured; EOF means it died.
-            ready = await asyncio.to_thread(os.read, ready_r, 1)
-        finally:
-            os.close(ready_r)
-        if ready != b"1":
+            if await _read_byte(ready_r) != b"1":
+                assert slirp.stderr is not None
+                error = (await slirp.stderr.read(2000)).decode(errors="replace").strip()
+                raise OSError(f"slirp4netns failed: {error or 'no reason given'}")
+        except BaseException:  # a failure, a timeout or a cancel: nothing may stay behind
             os.close(exit_w)
-            assert slirp.stderr is not None
-            error = (await slirp.stderr.read(2000)).decode(errors="replace").strip()
+            with contextlib.suppress(ProcessLookupError):
+                slirp.kill()
             await _reap(slirp)
-            raise OSError(f"slirp4netns failed: {error or 'no reason given'}")
+            raise
         return slirp, exit_w
 
     async def _route(
         self, network: SessionNetwork, only: Iterable[ipaddress.IPv4Address] | None
     ) -> None:
-        commands = routes(self._allow, host_addresses(), only=only)
+        view = await asyncio.to_thread(HostView.read)  # read afresh: addresses change
+        commands = routes(self._allow, view, deny=self._deny, only=only)
         process = await asyncio.create_subprocess_exec(
             self._init,
             "--join-netns",
@@ -258,29 +263,61 @@ class Egress:
 
 def routes(
     allow: Sequence[ipaddress.IPv4Network],
-    host: Iterable[ipaddress.IPv4Address],
+    host: HostView,
     *,
+    deny: Sequence[ipaddress.IPv4Network] = (),
     only: Iterable[ipaddress.IPv4Address] | None = None,
 ) -> list[str]:
     """`ip -batch` commands for a namespace whose default route is slirp4netns's gateway."""
     if only is not None:
-        # Nothing but the given addresses (and slirp's own subnet, for DNS).
+        # Nothing but the given addresses (and slirp's own subnet, for DNS); never the host.
         return ["route del default"] + [
-            f"route add {address}/32 via {GATEWAY} dev {_TAP}" for address in sorted(set(only))
+            f"route add {address}/32 via {GATEWAY} dev {_TAP}"
+            for address in sorted(set(only) - host.addresses)
         ]
-    commands = [
-        f"route add prohibit {blocked}"
-        for blocked in BLOCKED
-        if not any(blocked.subnet_of(opened) for opened in allow)
-    ]
-    commands += [f"route add {opened} via {GATEWAY} dev {_TAP}" for opened in allow]
+    opened = [net for net in allow if not any(net.subnet_of(closed) for closed in deny)]
+    closed = {net for net in BLOCKED if not any(net.subnet_of(o) for o in opened)}
+    # What the host reaches directly (its own subnets, VPN and cluster routes) is
+    # closed too, unless allowed: it may be public address space.
+    closed |= {net for net in host.networks if not any(net.subnet_of(o) for o in opened)}
+    closed |= set(deny)
     # The host itself stays closed even inside an allowed range: /32 is the most specific.
-    commands += [
-        f"route add prohibit {address}/32"
-        for address in sorted(set(host))
-        if address not in _SLIRP_NET and not address.is_loopback
-    ]
+    closed |= {ipaddress.IPv4Network(address) for address in host.addresses}
+    closed = {net for net in closed if not net.overlaps(_SLIRP_NET)}
+    commands = [f"route add prohibit {net}" for net in sorted(closed)]
+    commands += [f"route add {net} via {GATEWAY} dev {_TAP}" for net in opened if net not in closed]
     return commands
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What this host's network namespace holds: its own addresses and the networks it
+    routes other than by its default route."""
+
+    addresses: frozenset[ipaddress.IPv4Address]
+    networks: frozenset[ipaddress.IPv4Network]
+
+    @classmethod
+    def read(cls) -> HostView:
+        return cls(frozenset(host_addresses()), frozenset(_routed_networks()))
+
+
+def _routed_networks() -> set[ipaddress.IPv4Network]:
+    """Destinations of the host's main routing table, the default route left out."""
+    found: set[ipaddress.IPv4Network] = set()
+    try:
+        with open("/proc/net/route", encoding="ascii") as table:
+            next(table, None)
+            for line in table:
+                fields = line.split()
+                # Destination and mask are little-endian hex words.
+                destination = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+                mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+                if int(mask):
+                    found.add(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False))
+    except (OSError, ValueError, IndexError):
+        log.warning("could not read the host's routes from /proc/net/route")
+    return found
 
 
 def host_addresses() -> set[ipaddress.IPv4Address]:
@@ -296,7 +333,7 @@ def host_addresses() -> set[ipaddress.IPv4Address]:
                 previous = line
     except (OSError, ValueError):
         log.warning("could not read the host's addresses from /proc/net/fib_trie")
-    return found
+    return {address for address in found if not address.is_loopback}
 
 
 def write_resolv_conf(folder: Path) -> Path:
@@ -308,6 +345,18 @@ def write_resolv_conf(folder: Path) -> Path:
     partial.chmod(0o644)
     partial.replace(path)
     return path
+
+
+async def _read_byte(fd: int) -> bytes:
+    """One byte from a pipe, read by the event loop (no thread left blocked on a cancel)."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        return await reader.read(1)
+    finally:
+        transport.close()
 
 
 async def _reap(process: asyncio.subprocess.Process) -> None:
@@ -328,6 +377,13 @@ async def installer_network(
         yield None
         return
     addresses = await resolve(hosts)
+    own = (await asyncio.to_thread(HostView.read)).addresses
+    if addresses and addresses <= own:
+        # Every port of this host would be open to the package's build code.
+        raise OSError(
+            f"the package index ({', '.join(hosts)}) is served by this host, which "
+            "sandboxed installers may not reach; serve it from another machine"
+        )
     network = await egress.create(only=addresses)
     try:
         yield network
@@ -351,7 +407,7 @@ async def resolve(hosts: Sequence[str]) -> set[ipaddress.IPv4Address]:
     if found and not reachable:
         raise OSError(
             f"the package index ({', '.join(hosts)}) is on this host's loopback, which "
-            "installers cannot reach when the code's network is isolated; serve it on an "
-            "address the host routes"
+            "installers cannot reach when the code's network is isolated; serve it from "
+            "another machine"
         )
     return reachable

@@ -21,6 +21,8 @@
  *                      and /proc for the pid namespace
  *   --ro PATH, --rw PATH, --tmp-size BYTES
  *   --uid N --gid N    drop to this uid/gid (no supplementary groups)
+ *   --init-uid N       with --pidns: the namespace's pid 1 drops to this uid
+ *                      once the program runs
  *   --rlimit NAME=N    cpu, as, nproc, nofile, fsize (repeatable)
  *   --seccomp          deny syscalls namespaces do not cover (io_uring, vsock,
  *                      keyctl, ptrace, TIOCSTI, new namespaces, mounts, ...)
@@ -63,6 +65,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -88,6 +91,7 @@ struct options {
     char *env[MAX_ENV + 1];
     int n_env;
     int join_netns;
+    long init_uid;
     const char *resolv_conf;
     const char *cgroups[MAX_CGROUPS];
     int n_cgroups;
@@ -213,7 +217,9 @@ static void remount_each(const char *path, unsigned long flags) {
         /* id parent major:minor root mount-point ... */
         if (sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1) continue;
         if (strncmp(point, path, len) != 0 || (point[len] != '\0' && point[len] != '/')) continue;
-        if (mount(NULL, point, NULL, flags, NULL) != 0 && errno != EACCES && errno != EPERM) die(point);
+        struct statvfs current;
+        unsigned long keep = statvfs(point, &current) == 0 && (current.f_flag & ST_NOEXEC) ? MS_NOEXEC : 0;
+        if (mount(NULL, point, NULL, flags | keep, NULL) != 0) die(point);
     }
     fclose(info);
 }
@@ -368,6 +374,12 @@ static void loopback_up(void) {
 #define OASIS_AUDIT_ARCH AUDIT_ARCH_AARCH64
 #endif
 
+#ifdef SO_BINDTOIFINDEX
+#define OASIS_SO_BINDTOIFINDEX SO_BINDTOIFINDEX
+#else
+#define OASIS_SO_BINDTOIFINDEX 62
+#endif
+
 #define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
                  BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM)
 
@@ -412,6 +424,16 @@ static void install_seccomp(void) {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_VSOCK, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* setsockopt(SOL_SOCKET, SO_BINDTODEVICE / SO_BINDTOIFINDEX): a socket tied to an
+           interface bypasses the routes that keep the host and private ranges out of reach. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_setsockopt, 0, 6),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOL_SOCKET, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SO_BINDTODEVICE, 1, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, OASIS_SO_BINDTOIFINDEX, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         /* ioctl TIOCSTI / TIOCLINUX push input into a terminal. */
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 4),
@@ -464,14 +486,14 @@ static void exec_program(const struct options *o) {
     _exit(127);
 }
 
-/* pid 1 only waits and reports: it keeps no capability, runs as nobody (so
-   the code's uid can neither signal it nor read its memory) and is under the
-   same seccomp filter as the code. */
+/* pid 1 only waits and reports: it keeps no capability, runs as a uid of its
+   own (--init-uid, no process of the host or the code has it: neither can
+   signal it or read its memory) and is under the same seccomp filter. */
 static void drop_init_privileges(const struct options *o) {
-    const uid_t nobody = 65534;
+    const uid_t id = (uid_t)o->init_uid;
     if (setgroups(0, NULL) != 0) die("setgroups");
-    if (setresgid(nobody, nobody, nobody) != 0) die("setresgid");
-    if (setresuid(nobody, nobody, nobody) != 0) die("setresuid");
+    if (setresgid(id, id, id) != 0) die("setresgid");
+    if (setresuid(id, id, id) != 0) die("setresuid");
     prctl(PR_SET_DUMPABLE, 0);
     if (o->seccomp) install_seccomp();
 }
@@ -491,7 +513,7 @@ static void namespace_init(const struct options *o, int report) {
         close(report);
         exec_program(o);
     }
-    if (o->uid >= 0) drop_init_privileges(o);
+    if (o->uid >= 0 && o->init_uid >= 0) drop_init_privileges(o);
     int status = 0;
     for (;;) {
         int st;
@@ -582,6 +604,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
     memset(o, 0, sizeof *o);
     o->uid = o->gid = -1;
     o->join_netns = -1;
+    o->init_uid = -1;
     o->tmp_size = 64LL << 20;
     int i = 1;
     for (; i < argc; i++) {
@@ -599,6 +622,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--rw") == 0 && o->n_rw < MAX_PATHS) { o->rw[o->n_rw++] = next; i++; }
         else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = atoll(next); i++; }
         else if (strcmp(a, "--join-netns") == 0) { o->join_netns = atoi(next); i++; }
+        else if (strcmp(a, "--init-uid") == 0) { o->init_uid = atol(next); i++; }
         else if (strcmp(a, "--resolv-conf") == 0) { o->resolv_conf = next; i++; }
         else if (strcmp(a, "--cgroup") == 0) {
             if (o->n_cgroups >= MAX_CGROUPS) die_msg("too many --cgroup", next);
@@ -642,7 +666,9 @@ int main(int argc, char **argv) {
         close(o.join_netns);
     }
 
-    int flags = (o.pidns ? CLONE_NEWPID : 0) | (o.netns ? CLONE_NEWNET : 0) | (o.ipcns ? CLONE_NEWIPC : 0) |
+    /* With a new root, also a cgroup namespace: /proc/self/cgroup then shows "/",
+       not the host's cgroup paths. */
+    int flags = (o.root && o.n_cgroups ? CLONE_NEWCGROUP : 0) | (o.pidns ? CLONE_NEWPID : 0) | (o.netns ? CLONE_NEWNET : 0) | (o.ipcns ? CLONE_NEWIPC : 0) |
                 (o.utsns ? CLONE_NEWUTS : 0) | (o.root ? CLONE_NEWNS : 0);
     if (flags && unshare(flags) != 0) die("unshare");
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oasis import CodeRequest, tool_dispatcher
 from oasis.code import GrpcRunner
+from sandbox_server.isolation import INIT_UID
 from sandbox_server.server import SandboxServer
 
 from ..conftest import StartServer
@@ -357,7 +358,7 @@ async def test_the_sandbox_init_has_no_privileges_and_shows_no_options(
     outcome = await client.run(PID_ONE, env={"OASIS_PROBE": secret}, session_id="pid-one")
     report = outcome.output
     assert report is not None, outcome.result.error
-    assert report["uids"] == ["65534"] * 4
+    assert report["uids"] == [str(INIT_UID)] * 4
     assert report["caps"][:3] == ["0000000000000000"] * 3
     assert report["seccomp"] == "2"
     assert report["environ"] == "PermissionError"

@@ -340,3 +340,36 @@ async def test_an_index_on_host_loopback_is_refused_with_a_reason(
             outcome = await client.run(code, timeout=100)
     assert "loopback" in outcome.output
     assert index.requests == []
+
+
+BIND_TO_DEVICE = """
+import socket
+outcome = {}
+for name, option, value in (('device', socket.SO_BINDTODEVICE, b'tap0'), ('ifindex', 62, (2).to_bytes(4, 'little'))):
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, option, value)
+            outcome[name] = 'bound'
+        except OSError as exc:
+            outcome[name] = exc.strerror
+with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # other socket options still work
+cgroup = open('/proc/self/cgroup').read().split()
+set_result({'bind': outcome, 'cgroup': cgroup})
+"""
+
+
+async def test_sockets_cannot_be_tied_to_an_interface(start_server: StartServer) -> None:
+    """SO_BINDTODEVICE would make the kernel skip the routes that close the host off; and the
+    code's cgroup is its own root (no host cgroup paths)."""
+    server = await start_server()
+    async with client_for(server) as client:
+        outcome = await client.run(BIND_TO_DEVICE, timeout=30)
+    assert outcome.output is not None, outcome.result.error
+    assert outcome.output["bind"] == {
+        "device": "Operation not permitted",
+        "ifindex": "Operation not permitted",
+    }
+    assert server.sandbox is not None
+    if server.sandbox.info().resource_control != "rlimits":
+        assert all(line.endswith(":/") for line in outcome.output["cgroup"]), outcome.output
