@@ -283,7 +283,8 @@ def routes(
     closed |= set(deny)
     # The host itself stays closed even inside an allowed range: /32 is the most specific.
     closed |= {ipaddress.IPv4Network(address) for address in host.addresses}
-    closed = {net for net in closed if not net.overlaps(_SLIRP_NET)}
+    # slirp4netns's own subnet stays (its connected route, more specific than 10/8, wins).
+    closed = {net for net in closed if not net.subnet_of(_SLIRP_NET)}
     commands = [f"route add prohibit {net}" for net in sorted(closed)]
     commands += [f"route add {net} via {GATEWAY} dev {_TAP}" for net in opened if net not in closed]
     return commands

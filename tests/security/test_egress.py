@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from oasis.sandbox.v1 import sandbox_pb2 as pb
-from sandbox_server.launcher.network import host_addresses
+from sandbox_server.launcher.network import HostView, host_addresses
 
 from ..conftest import StartServer
 from ..nethost import TestHost, netns_host
@@ -81,6 +81,16 @@ async def private_host() -> AsyncIterator[TestHost]:
         yield host
 
 
+def _routed_neighbour() -> str | None:
+    """An address, not the host's own, in a network the host routes other than by default."""
+    view = HostView.read()
+    for network in sorted(view.networks):
+        for address in network.hosts():
+            if address not in view.addresses:
+                return str(address)
+    return None
+
+
 def _public_host_address() -> str | None:
     own = sorted(str(a) for a in host_addresses() if not a.is_loopback)
     return own[0] if own else None
@@ -98,6 +108,9 @@ async def test_egress_is_the_default_and_keeps_the_host_out_of_reach(
         "server grpc via gateway": ("10.0.2.2", server.port),
         "metadata": ("169.254.169.254", 80),
     }
+    neighbour = _routed_neighbour()
+    if neighbour:
+        targets["a network the host routes directly"] = (neighbour, port)
     public = _public_host_address()
     if public:
         targets["host address"] = (public, port)
@@ -111,6 +124,8 @@ async def test_egress_is_the_default_and_keeps_the_host_out_of_reach(
     assert report is not None, outcome.result.error
     for name in targets:
         assert report[name] != "connected", f"{name} was reachable from the sandbox"
+    if neighbour:
+        assert report["a network the host routes directly"] == "PermissionError"
     assert recorder.received == []
     assert report["resolv"].strip() == "nameserver 10.0.2.3"
     assert report["netns"] != os.readlink("/proc/self/ns/net")
@@ -123,6 +138,13 @@ async def test_an_allowed_private_host_is_reachable_and_others_are_not(
     target = {"test host": (private_host.address, port)}
     closed = await start_server()
     opened = await start_server(SANDBOX_NETWORK_ALLOW=f"{private_host.address}/32")
+    denied = await start_server(
+        SANDBOX_NETWORK_ALLOW=f"{private_host.address}/32", SANDBOX_NETWORK_DENY="10.213.0.0/16"
+    )
+    async with client_for(denied) as client:
+        overruled = await client.run(PROBE, env={"TARGETS": json.dumps(target)}, timeout=60)
+    assert overruled.output is not None, overruled.result.error
+    assert overruled.output["test host"] == "PermissionError"  # deny wins over allow
     async with client_for(closed) as client:
         refused = await client.run(PROBE, env={"TARGETS": json.dumps(target)}, timeout=60)
     assert refused.output is not None, refused.result.error
