@@ -166,6 +166,7 @@ class Launcher:
         )
         for folder in spec.cgroups:
             args += ["--cgroup", folder]
+        args += ["--server-pid", str(os.getpid())]
         for name, value in spec.env.items():
             args += ["--env", f"{name}={value}"]
         # The options travel through a memfd, not the command line: the code can

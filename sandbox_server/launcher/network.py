@@ -81,6 +81,10 @@ class SessionNetwork:
     _exit_fd: int
     _closed: bool = False
 
+    @property
+    def alive(self) -> bool:
+        return self._slirp.returncode is None and self._holder.returncode is None
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -120,6 +124,9 @@ class Egress:
         """A new public-egress network, made ahead of time when one is ready: its ~10 ms
         of set-up then stays off the path of the execution that needs it."""
         network = self._ready.pop() if self._ready else None
+        if network is not None and not network.alive:
+            await network.close()  # its slirp4netns died while it waited: make a new one
+            network = None
         if self._filling is None or self._filling.done():
             self._filling = asyncio.create_task(self._fill(), name="egress-pool")
         return network if network is not None else await self.create()

@@ -23,6 +23,7 @@
  *   --uid N --gid N    drop to this uid/gid (no supplementary groups)
  *   --init-uid N       with --pidns: the namespace's pid 1 drops to this uid
  *                      once the program runs
+ *   --server-pid N     exit at once unless N (the server) is still our parent
  *   --rlimit NAME=N    cpu, as, nproc, nofile, fsize (repeatable)
  *   --seccomp          deny syscalls namespaces do not cover (io_uring, vsock,
  *                      keyctl, ptrace, TIOCSTI, new namespaces, mounts, ...)
@@ -92,6 +93,7 @@ struct options {
     int n_env;
     int join_netns;
     long init_uid;
+    long server_pid;
     const char *resolv_conf;
     const char *cgroups[MAX_CGROUPS];
     int n_cgroups;
@@ -623,6 +625,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
         else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = atoll(next); i++; }
         else if (strcmp(a, "--join-netns") == 0) { o->join_netns = atoi(next); i++; }
         else if (strcmp(a, "--init-uid") == 0) { o->init_uid = atol(next); i++; }
+        else if (strcmp(a, "--server-pid") == 0) { o->server_pid = atol(next); i++; }
         else if (strcmp(a, "--resolv-conf") == 0) { o->resolv_conf = next; i++; }
         else if (strcmp(a, "--cgroup") == 0) {
             if (o->n_cgroups >= MAX_CGROUPS) die_msg("too many --cgroup", next);
@@ -655,8 +658,10 @@ int main(int argc, char **argv) {
     parse_options(argc, argv, &o);
 
     pid_t self = getpid();
-    /* If the server dies, take the whole execution down with us. */
+    /* If the server dies, take the whole execution down with us; if it died
+       before the death signal was armed, stop here. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (o.server_pid > 0 && getppid() != (pid_t)o.server_pid) die_msg("start", "the server is gone");
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) die("subreaper");
 
     /* Children inherit the cgroup: join before anything is forked. */
