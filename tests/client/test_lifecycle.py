@@ -198,7 +198,10 @@ async def test_no_retry_once_the_code_has_started(
         await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{port}")
         with pytest.raises(SandboxError) as info:
             await task
-        assert info.value.code == "UNAVAILABLE"
+        # A killed server's connection ends as UNAVAILABLE, or (when the kernel resets it
+        # mid-frame, as seen under load) as a stream that broke off: both are failures
+        # the runner must not retry once the code has started.
+        assert info.value.code in ("UNAVAILABLE", "INTERNAL"), info.value
         assert ledger.runs == 1
 
         # The same runner works against the new server (and that run counts itself too).
