@@ -93,7 +93,7 @@ class SessionNetwork:
         os.close(self._exit_fd)
         if self._holder.stdin is not None:
             self._holder.stdin.close()  # the holder exits when its stdin closes
-        # slirp4netns notices its exit fd only at its next poll (20-30 ms): stop it now.
+        # A signal too: slirp4netns would notice the closed exit fd only at its next poll.
         with contextlib.suppress(ProcessLookupError):
             self._slirp.terminate()
         for process in (self._slirp, self._holder):
