@@ -139,7 +139,7 @@ def probe_python(python_bin: str, limits: Limits, index_url: str | None = None) 
     # A font cache prepared by `make install` saves seconds on the first plot.
     mplconfig = Path(info["prefix"]).parent / "mplconfig"
     if mplconfig.is_dir():
-        env["MPLCONFIGDIR"] = str(mplconfig)
+        env["OASIS_MPL_CACHE"] = str(mplconfig)  # the prelude seeds a writable copy
     return Runtime(
         name="python",
         version=info["version"],
@@ -149,7 +149,7 @@ def probe_python(python_bin: str, limits: Limits, index_url: str | None = None) 
         env=env,
         path_dirs=(str(Path(python_bin).parent),),
         site_paths=tuple(info["paths"]),
-        readable=(info["prefix"], *info["paths"], *env.get("MPLCONFIGDIR", "").split()),
+        readable=(info["prefix"], *info["paths"], *env.get("OASIS_MPL_CACHE", "").split()),
         # RLIMIT_AS holds for Python, mmap included (RLIMIT_DATA does not).
         address_space=limits.memory,
         index_hosts=_url_hosts(index_url, ("pypi.org", "files.pythonhosted.org")),

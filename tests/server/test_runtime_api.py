@@ -11,7 +11,7 @@ import pytest
 
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 
-from ..conftest import StartServer
+from ..conftest import REPO, StartServer
 from ..helpers import LocalIndex, eventually, remote_index
 from ..sandbox_client import SandboxClient
 
@@ -160,6 +160,22 @@ set_result({"numpy": numpy.__version__, "pandas": pandas.__version__, "backend":
     outcome = await client.run(code, timeout=120)
     assert outcome.status == "OK", outcome.result.error
     assert outcome.output["backend"].lower() == "agg"
+
+
+async def test_matplotlib_is_quiet_and_uses_the_prebuilt_font_cache(
+    start_server: StartServer,
+) -> None:
+    """No "not a writable directory" warning in the logs, and no font cache rebuilt."""
+    if not (REPO / ".runtime" / "mplconfig").is_dir():
+        pytest.skip("no prebuilt font cache (make install makes it)")
+    server = await start_server()
+    code = "import os\nimport matplotlib.pyplot\nset_result(sorted(os.listdir(os.environ['MPLCONFIGDIR'])))"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        outcome = await SandboxClient(channel).run(code, session_id="plots", timeout=120)
+    assert outcome.status == "OK", outcome.result.error
+    logs = outcome.result.logs
+    assert "not a writable directory" not in logs and "building the font cache" not in logs, logs
+    assert any(name.startswith("fontlist") for name in outcome.output)
 
 
 # -- environment ----------------------------------------------------------------------

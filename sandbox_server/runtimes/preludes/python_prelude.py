@@ -185,8 +185,29 @@ def install_package(name):
     importlib.invalidate_caches()
 
 
+def _matplotlib_config():
+    """A writable matplotlib config folder in the workspace, seeded with the prebuilt
+    font cache: the prebuilt folder itself is read-only here, and matplotlib would
+    complain on every import and rebuild its font list."""
+    seed = os.environ.pop("OASIS_MPL_CACHE", None)
+    if seed is None or "MPLCONFIGDIR" in os.environ:
+        return
+    target = os.path.join(os.getcwd(), ".oasis", "matplotlib")
+    try:
+        os.makedirs(target, exist_ok=True)
+        for name in os.listdir(seed):
+            copy = os.path.join(target, name)
+            if not os.path.exists(copy):
+                with open(os.path.join(seed, name), "rb") as src, open(copy, "wb") as dst:
+                    dst.write(src.read())
+    except OSError:
+        return
+    os.environ["MPLCONFIGDIR"] = target
+
+
 def _run():
     start = json.loads(_reader.readline())
+    _matplotlib_config()
     sys.path.extend(p for p in start["sys_path"] if p not in sys.path)
     sys.argv = [""]
     main = type(sys)("__main__")
