@@ -9,8 +9,8 @@ import sys
 
 from oasis import demo as demo_command
 
+from . import __version__, exec_command, logs_ratelimit
 from . import config as config_module
-from . import exec_command, logs_ratelimit
 from .launcher import BuildError, IsolationUnavailable
 from .runtimes import RuntimeUnavailable
 from .server import serve
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="oasis-sandbox", description="Oasis code sandbox for LLM agents"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the sandbox service (configured by SANDBOX_* variables)")
     exec_command.add_parser(commands)

@@ -208,7 +208,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         grpc_addr=grpc_addr,
         http_addr=http_addr,
         workspace_root=_workspace_root(get("SANDBOX_WORKSPACE")),
-        python_bin=_executable("SANDBOX_PYTHON_BIN", get("SANDBOX_PYTHON_BIN"), sys.executable),
+        python_bin=_executable("SANDBOX_PYTHON_BIN", get("SANDBOX_PYTHON_BIN"), default_python()),
         node_bin=_node_bin(get("SANDBOX_NODE_BIN")),
         max_concurrent=parsed("SANDBOX_MAX_CONCURRENT", positive_int, minimum=1, default=4),
         session_ttl=parsed("SANDBOX_SESSION_TTL", parse_duration, minimum=0.001, default=3600.0),
@@ -308,6 +308,13 @@ def _executable(name: str, value: str | None, default: str) -> str:
     if found is None:
         raise ConfigError(f"{name}: {chosen!r} is not an executable file")
     return str(Path(found).absolute())
+
+
+def default_python() -> str:
+    """The interpreter `make install` builds for user code (numpy, pandas, matplotlib,
+    readable by session users), else the server's own."""
+    built = Path(__file__).resolve().parent.parent / ".runtime" / "python" / "bin" / "python"
+    return str(built) if built.exists() else sys.executable
 
 
 def _node_bin(value: str | None) -> str | None:

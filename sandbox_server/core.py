@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from . import __version__, safefs
 from .cgroups import Cgroups
@@ -80,6 +82,11 @@ class Sandbox:
             await workspaces.close()
             raise
         workspaces.per_session_uid = launcher.level >= Level.UID
+        if launcher.level is Level.NONE:
+            log.warning(
+                "ISOLATION IS OFF (SANDBOX_ISOLATION=none): code runs as this server's own "
+                "user, with its rights and files; for development only"
+            )
         if launcher.policy.network is Network.EGRESS:
             workspaces.egress = launcher.egress
         return cls(config, runtimes, launcher, workspaces)
@@ -247,6 +254,17 @@ def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) 
         readable=readable_roots(readable),
     )
     python = runtimes["python"]
+    if config.isolation >= Level.UID and os.geteuid() == 0:
+        # Session uids must be able to reach the interpreter: say so, not "isolation failed".
+        for runtime in runtimes.values():
+            closed = closed_to_others(runtime.argv[0])
+            if closed:
+                variable = f"SANDBOX_{runtime.name.upper()}_BIN"
+                raise IsolationUnavailable(
+                    f"{variable}: {runtime.argv[0]} cannot be run by the sandbox's users: "
+                    f"{closed}. Point {variable} at an interpreter other users can read "
+                    "(`make install` builds .runtime/python for this)"
+                )
     probe = [python.argv[0], "-I", "-S", "-c", f"open({python.argv[-1]!r}).close()"]
     # `namespaces` promises a size-capped workspace: without tmpfs mounts, `uid` is the best.
     strongest = Level.NAMESPACES if quota else Level.UID
@@ -302,3 +320,20 @@ async def _choose_network(config: Config, launcher: Launcher) -> None:
         resolv_conf = str(write_resolv_conf(config.workspace_root / "etc"))
     launcher.policy = replace(launcher.policy, network=chosen, resolv_conf=resolv_conf)
     launcher.egress = egress
+
+
+def closed_to_others(path: str) -> str | None:
+    """Why a user other than the owner cannot run `path` (a folder on the way without
+    the search bit for others, or the file not readable and executable), or None."""
+    for candidate in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
+        current = Path(candidate)
+        for folder in reversed(current.parents):
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                return f"{folder} is closed to other users (mode {mode & 0o777:o})"
+        mode = current.stat().st_mode
+        if mode & 0o005 != 0o005 and current == Path(os.path.realpath(path)):
+            return (
+                f"{current} is not readable and executable by other users (mode {mode & 0o777:o})"
+            )
+    return None

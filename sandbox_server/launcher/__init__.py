@@ -141,8 +141,9 @@ class Launcher:
             reasons.append(f"{level.label}: {problem}")
         raise IsolationUnavailable(
             f"SANDBOX_ISOLATION: this host cannot provide isolation level `{minimum.label}` "
-            f"({'; '.join(reasons)}). Run as root with user and mount namespaces allowed "
-            "(see README, Security), or lower SANDBOX_ISOLATION."
+            f"({'; '.join(reasons)}). Run the server as root where pid, mount and network "
+            "namespaces may be created (in a container: see README, Security). A lower "
+            "SANDBOX_ISOLATION runs the code with less protection: it is not the fix."
         )
 
     def _probe(self, argv: Sequence[str]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 
 from sandbox_server import config as config_module
 from sandbox_server.isolation import Network
+from sandbox_server.launcher import IsolationUnavailable
 
-from ..conftest import runtime_python
+from ..conftest import REPO, StartServer, runtime_python
 from ..helpers import eventually
 from .conftest import StartProcess, wait_exit
 
@@ -160,3 +162,29 @@ def test_session_memory_defaults_to_memory_plus_workspace(tmp_path: Path) -> Non
     for bad in ("lots", "1MiB"):
         with pytest.raises(config_module.ConfigError, match=r"^SANDBOX_SESSION_MEMORY"):
             load(tmp_path, SANDBOX_SESSION_MEMORY=bad)
+
+
+def test_the_built_runtime_is_the_default_interpreter(tmp_path: Path) -> None:
+    """Without SANDBOX_PYTHON_BIN, `oasis-sandbox serve` uses what `make install` built."""
+    built = REPO / ".runtime" / "python" / "bin" / "python"
+    if not built.exists():
+        pytest.skip("make install has not built .runtime/python")
+    values = {"SANDBOX_WORKSPACE": str(tmp_path)}
+    assert config_module.load(values).python_bin == str(built)
+
+
+async def test_an_interpreter_closed_to_session_users_is_named(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """An interpreter behind a 0700 folder fails the start with that folder and the variable
+    named, not with advice to lower the isolation."""
+    if os.geteuid() != 0:
+        pytest.skip("per-session users need root")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "python").symlink_to(runtime_python())
+    with pytest.raises(IsolationUnavailable) as caught:
+        await start_server(SANDBOX_PYTHON_BIN=str(private / "python"))
+    message = str(caught.value)
+    assert "SANDBOX_PYTHON_BIN" in message and "is closed to other users" in message
+    assert "lower SANDBOX_ISOLATION" not in message
