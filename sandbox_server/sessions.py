@@ -9,6 +9,7 @@ is never evicted or deleted.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import re
@@ -110,6 +111,7 @@ class Workspaces:
         self._closing: set[asyncio.Task[None]] = set()
         self.per_session_uid = False
         self.quota = False
+        self._root_lock: int | None = None
         self.egress: Egress | None = None
         """Set when each workspace's code gets its own egress network (SANDBOX_NETWORK=egress)."""
         self.cgroups = Cgroups()
@@ -117,14 +119,37 @@ class Workspaces:
         self._groups = _PerWorkspace(self._make_group)
 
     async def start(self) -> None:
-        for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
-        await self._remove_leftovers()
-        self.quota = await asyncio.to_thread(self._quota_works)
-        self.cgroups = await Cgroups.start(
-            memory=self._limits.session_memory, processes=self._limits.processes
-        )
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="workspace-sweeper")
+        self._hold_root()
+        try:
+            for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
+                folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            await self._remove_leftovers()
+            self.quota = await asyncio.to_thread(self._quota_works)
+            self.cgroups = await Cgroups.start(
+                memory=self._limits.session_memory, processes=self._limits.processes
+            )
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="workspace-sweeper")
+        except BaseException:
+            self._release_root()
+            raise
+
+    def _hold_root(self) -> None:
+        """One server per workspace root: a second one would remove the first's live
+        sessions as leftovers. The lock goes with the process, even when it is killed."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OSError(
+                f"SANDBOX_WORKSPACE: {self._root} is in use by another sandbox server "
+                f"(pid {holder}); give each server its own SANDBOX_WORKSPACE"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._root_lock = fd
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -138,6 +163,12 @@ class Workspaces:
         if self.egress is not None:
             await self.egress.close()
         await self.cgroups.close()
+        self._release_root()
+
+    def _release_root(self) -> None:
+        if self._root_lock is not None:
+            os.close(self._root_lock)  # the next server may take the root
+            self._root_lock = None
 
     @asynccontextmanager
     async def lease(self, session_id: str, execution_id: str) -> AsyncIterator[Workspace]:

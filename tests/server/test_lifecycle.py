@@ -521,3 +521,22 @@ call_tool("check")
 
     outcome = await client.run(code, tools={"check": check}, timeout=60)
     assert outcome.status == "OK", outcome.result.error
+
+
+async def test_a_second_server_on_the_same_port_or_workspace_refuses_to_start(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Neither shares the port silently nor wipes the first server's live sessions."""
+    first = await start_server(SANDBOX_WORKSPACE=str(tmp_path / "shared"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        client = SandboxClient(channel)
+        kept = "open('kept.txt', 'w').write('x'); set_result(1)"
+        assert (await client.run(kept, session_id="alive")).output == 1
+        with pytest.raises(
+            OSError, match=r"SANDBOX_WORKSPACE: .* in use by another sandbox server"
+        ):
+            await start_server(SANDBOX_WORKSPACE=str(tmp_path / "shared"))
+        with pytest.raises(OSError, match="SANDBOX_GRPC_ADDR: cannot listen on"):
+            await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{first.port}")
+        check = "import os; set_result(os.path.exists('kept.txt'))"
+        assert (await client.run(check, session_id="alive")).output is True
