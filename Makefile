@@ -35,12 +35,12 @@ proto: $(VENV)/.installed
 	$(BIN)/python scripts/genproto.py
 
 run: install
-	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/oasis-sandbox serve
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python exec $(BIN)/oasis-sandbox serve
 
 # An agent through every documented pattern; starts a sandbox in-process when
 # none answers on 127.0.0.1:50051. Scripted LLM unless OPENAI_API_KEY is set.
 demo: install
-	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/oasis-sandbox demo
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python exec $(BIN)/oasis-sandbox demo
 
 test: install
 	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/pytest

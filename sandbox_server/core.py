@@ -225,12 +225,19 @@ class Sandbox:
     async def delete_workspace(self, session_id: str) -> bool:
         return await self._workspaces.delete(session_id)
 
-    async def shutdown(self, grace: float) -> None:
-        """Refuse new work, give running executions `grace` seconds, then kill them."""
+    async def shutdown(self, grace: float, hurry: asyncio.Event | None = None) -> None:
+        """Refuse new work, give running executions `grace` seconds (or until `hurry` is
+        set), then kill them."""
         self.draining = True
+        waiters = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waiters.append(asyncio.ensure_future(hurry.wait()))
         try:
-            await asyncio.wait_for(self._idle.wait(), grace)
-        except TimeoutError:
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not self._idle.is_set():
             for execution in list(self._running):
                 execution.stop(
                     Status.KILLED, "the sandbox server is shutting down; the execution was stopped"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -540,3 +541,40 @@ async def test_a_second_server_on_the_same_port_or_workspace_refuses_to_start(
             await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{first.port}")
         check = "import os; set_result(os.path.exists('kept.txt'))"
         assert (await client.run(check, session_id="alive")).output is True
+
+
+@pytest.mark.timeout(90)
+async def test_a_second_ctrl_c_stops_running_executions_at_once(
+    server_process: StartProcess,
+) -> None:
+    """The first signal drains (and says a second one hurries); the second kills the runs now."""
+    server = server_process(SANDBOX_SHUTDOWN_GRACE="300s")
+    marker = new_marker()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.SandboxStub(channel)
+        stuck = await RawExecution.begin(
+            stub, start_message(tree_code("python", marker), timeout=120)
+        )
+        await stuck.read_until("log:ready")
+        server.proc.send_signal(signal.SIGINT)
+        await eventually(
+            lambda: "Ctrl-C again" in server.log_text(), timeout=30, what="the drain message"
+        )
+        server.proc.send_signal(signal.SIGINT)
+        result = await stuck.result(within=30)
+        assert result.status == pb.ExecutionResult.KILLED
+    assert await wait_exit(server.proc, 30) == 0
+
+
+def _port_closed(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_to_make_run_stops_the_server(server_process: StartProcess) -> None:
+    """`make run` execs the server, so a SIGTERM to make reaches it: no orphan keeps the ports."""
+    server = server_process(command=["make", "--no-print-directory", "run"])
+    server.proc.send_signal(signal.SIGTERM)
+    await wait_exit(server.proc, 30)
+    await eventually(lambda: _port_closed(server.port), timeout=30, what="the port freed")
