@@ -4,8 +4,9 @@ Logs stream to the terminal as the code prints them (its stdout to stdout,
 its stderr to stderr); then the set_result value is printed to stdout as
 JSON, and a summary, the error and saved files are reported on stderr. The
 exit status is 0 when the code succeeded, 1 when it failed (error, timeout,
-kill), 2 when the sandbox refused or could not be reached, 3 when it succeeded
-but a returned file was not saved under --out, 130 on Ctrl-C.
+kill), 2 when the sandbox refused or could not be reached (or the command
+line was wrong), 3 when it succeeded but a returned file was not saved under
+--out, 130 on Ctrl-C.
 
 Returned names come from untrusted code, so `--out` writes only inside DIR:
 never through a link, never an existing file unless --force, never in `.git`.
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from oasis import CodeFile, CodeRequest, CodeResult, DispatchResult, LogChunk, ToolCall
-from oasis.code import GrpcRunner, MiB
+from oasis.code import GrpcOptions, GrpcRunner, MiB
 from oasis.errors import OasisError
 
 from . import safefs
 from .safefs import UnsafePath
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
 MAX_FILE_SIZE = 100 * MiB
 """Returned files up to this size are saved; larger ones are reported only."""
 _NODE_SUFFIXES = {".js", ".mjs", ".cjs"}
@@ -62,8 +64,27 @@ def add_parser(commands: Any) -> None:
         help="put this file into the workspace under its base name (repeatable)",
     )
     parser.add_argument(
-        "--target", default=DEFAULT_TARGET, metavar="HOST:PORT", help=f"default {DEFAULT_TARGET}"
+        "--target",
+        default=os.environ.get("OASIS_SANDBOX_TARGET", DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help=f"port {DEFAULT_PORT} when left out (default: $OASIS_SANDBOX_TARGET or "
+        f"{DEFAULT_TARGET})",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("OASIS_SANDBOX_TOKEN"),
+        help="bearer token, for a server with SANDBOX_AUTH_TOKEN (default: $OASIS_SANDBOX_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting this CA for the server"
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="client certificate (mutual TLS; with --tls-key)",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the client certificate's key")
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="save files returned by set_result here"
     )
@@ -82,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="[oasis] %(message)s")
     logging.getLogger("oasis.code").setLevel(logging.INFO)  # shows retries
     try:
+        target = parse_target(args.target)
+        options = _connection(args)
         request = _request(args)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"oasis-sandbox exec: {exc}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(_execute(args.target, request))
+        result = asyncio.run(_execute(target, request, options))
     except KeyboardInterrupt:
         print("\n[oasis] interrupted; the execution was cancelled", file=sys.stderr)
         return 130
@@ -101,14 +124,52 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all_saved else 3
 
 
+def parse_target(target: str) -> str:
+    """`host:port` (port 50051 when left out), IPv6 in brackets; ValueError says what is wrong."""
+    usage = f"a target is host:port, such as {DEFAULT_TARGET} or [::1]:{DEFAULT_PORT}"
+    if "/" in target:  # a URL (http://, grpc://, dns:///) or a path
+        raise ValueError(f"--target {target!r} is not host:port; {usage}")
+    if target.startswith("["):
+        host, bracket, rest = target.partition("]")
+        host += bracket
+        if not bracket or host == "[]" or (rest and not rest.startswith(":")):
+            raise ValueError(f"--target {target!r}: {usage}")
+        port = rest[1:] if rest else str(DEFAULT_PORT)
+    elif target.count(":") > 1:
+        raise ValueError(f"--target {target!r}: put an IPv6 address in brackets; {usage}")
+    else:
+        host, colon, port = target.partition(":")
+        port = port if colon else str(DEFAULT_PORT)
+    if not host or not (port.isdigit() and port.isascii() and 0 < int(port) < 65536):
+        raise ValueError(f"--target {target!r}: {usage}")
+    return f"{host}:{int(port)}"
+
+
+def _connection(args: argparse.Namespace) -> GrpcOptions:
+    """GrpcRunner's options: the token and the TLS files given on the command line."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return GrpcOptions(
+        max_file_size=MAX_FILE_SIZE,
+        token=args.token or None,
+        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+    )
+
+
 def _request(args: argparse.Namespace) -> CodeRequest:
     if args.source == "-":
-        code = sys.stdin.read()
+        raw, name = sys.stdin.buffer.read(), "stdin"
         runtime = args.runtime or "python"
     else:
         path = Path(args.source)
-        code = path.read_text()
+        raw, name = path.read_bytes(), args.source
         runtime = args.runtime or ("node" if path.suffix in _NODE_SUFFIXES else "python")
+    try:
+        code = raw.decode("utf-8-sig")  # a byte-order mark is dropped, not run
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name} is not UTF-8 text (invalid byte at offset {exc.start})") from None
     files = [CodeFile(name=Path(p).name, data=Path(p).read_bytes()) for p in args.files]
     return CodeRequest(
         code=code, runtime=runtime, session_id=args.session, timeout=args.timeout, files=files
@@ -122,8 +183,8 @@ async def _no_tools(call: ToolCall) -> DispatchResult:
     )
 
 
-async def _execute(target: str, request: CodeRequest) -> CodeResult:
-    async with GrpcRunner(target, max_file_size=MAX_FILE_SIZE) as runner:
+async def _execute(target: str, request: CodeRequest, options: GrpcOptions) -> CodeResult:
+    async with GrpcRunner(target, **options) as runner:
         async for event in runner.stream(request, _no_tools):
             if isinstance(event, LogChunk):
                 out = sys.stderr if event.stream == "stderr" else sys.stdout

@@ -8,7 +8,7 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
 _STREAMS_PER_CONNECTION = 256
 _IDLE_CONNECTION_MS = 10 * 60 * 1000
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class SandboxServer:
@@ -67,20 +68,23 @@ class SandboxServer:
                 # A flood of idle connections must not take every file descriptor:
                 # past the cap new connections are closed at once, idle ones time out.
                 ("grpc.max_allowed_incoming_connections", config.max_connections),
+                # A second server on the same port must fail, not share it silently.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_concurrent_streams", _STREAMS_PER_CONNECTION),
                 ("grpc.max_connection_idle_ms", _IDLE_CONNECTION_MS),
             ],
         )
         sandbox_pb2_grpc.add_SandboxServicer_to_server(SandboxService(self.sandbox), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        _add_reflection(
+            server,
             (
                 SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            server,
         )
+        credentials = None
         if config.tls_cert and config.tls_key:
             client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
             credentials = grpc.ssl_server_credentials(
@@ -88,11 +92,19 @@ class SandboxServer:
                 root_certificates=client_ca,
                 require_client_auth=client_ca is not None,
             )
-            self.port = server.add_secure_port(config.grpc_addr, credentials)
-        else:
-            self.port = server.add_insecure_port(config.grpc_addr)
+        try:
+            if credentials is not None:
+                self.port = server.add_secure_port(config.grpc_addr, credentials)
+            else:
+                self.port = server.add_insecure_port(config.grpc_addr)
+        except RuntimeError:  # grpc's word for "could not bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"SANDBOX_GRPC_ADDR: cannot listen on {self.config.grpc_addr}")
+            await self.sandbox.close()
+            raise OSError(
+                f"SANDBOX_GRPC_ADDR: cannot listen on {config.grpc_addr}: the port is in use "
+                "(another sandbox server?) or the address is not this machine's"
+            )
         peer_check.ports.add(self.port)
         await server.start()
         self._grpc = server
@@ -108,15 +120,16 @@ class SandboxServer:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new work, let running executions finish, then kill them."""
+    async def stop(self, grace: float | None = None, hurry: asyncio.Event | None = None) -> None:
+        """Health NOT_SERVING, refuse new work, let running executions finish (for `grace`
+        seconds, or until `hurry` is set), then kill them."""
         if self._stopped:
             return
         self._stopped = True
         grace = self.config.shutdown_grace if grace is None else grace
         await self._health.enter_graceful_shutdown()
         if self.sandbox is not None:
-            await self.sandbox.shutdown(grace)
+            await self.sandbox.shutdown(grace, hurry)
         if self._facade is not None:
             await self._facade.stop()
         if self._grpc is not None:
@@ -146,18 +159,47 @@ class SandboxServer:
         )
 
 
+def _add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    """Serve reflection as v1alpha and as v1, which grpcurl and newer clients ask for first.
+
+    grpcio-reflection ships only v1alpha; v1 is the same protocol renamed (its
+    messages are identical on the wire), so the v1alpha servicer answers both.
+    """
+    reflection.enable_server_reflection(service_names, server)
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
-    stop = asyncio.Event()
+    """Run until SIGTERM or SIGINT, then stop gracefully; a second signal stops at once."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("second signal: stopping running executions now")
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     server = SandboxServer(config)
     await server.start()
     try:
         log.info("%s", server.describe())
         await stop.wait()
-        log.info("shutting down: finishing running executions (grace %gs)", config.shutdown_grace)
+        log.info(
+            "shutting down: finishing running executions (grace %gs; "
+            "Ctrl-C again to stop them now)",
+            config.shutdown_grace,
+        )
     finally:
-        await server.stop()
+        await server.stop(hurry=hurry)
     log.info("stopped")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sandbox_server.exec_command import save_file
+from sandbox_server.exec_command import parse_target, save_file
 from sandbox_server.safefs import UnsafePath
 from sandbox_server.server import SandboxServer
 
-from ..conftest import REPO
+from ..conftest import REPO, StartServer
+from ..security.test_tls import Pki, pki  # noqa: F401 - the fixture
 from .conftest import VENV_BIN, free_port
 
 
@@ -24,12 +27,13 @@ class Finished:
     stderr: str
 
 
-async def oasis_exec(*args: str, stdin: bytes = b"") -> Finished:
+async def oasis_exec(*args: str, stdin: bytes = b"", **env: str) -> Finished:
     process = await asyncio.create_subprocess_exec(
         str(VENV_BIN / "oasis-sandbox"),
         "exec",
         *args,
         cwd=REPO,
+        env={**os.environ, **env},
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -146,6 +150,98 @@ async def test_exec_reports_an_unreachable_sandbox(tmp_path: Path) -> None:
 
     assert run.code == 2
     assert "UNAVAILABLE" in run.stderr
+
+
+# -- reaching the server: target, token, TLS ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "parsed"),
+    [
+        ("localhost", "localhost:50051"),
+        ("sandbox.internal:9000", "sandbox.internal:9000"),
+        ("[::1]:50051", "[::1]:50051"),
+        ("[::1]", "[::1]:50051"),
+    ],
+)
+def test_parse_target_defaults_the_port(target: str, parsed: str) -> None:
+    assert parse_target(target) == parsed
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.1:50051", "grpc://localhost:50051", "dns:///localhost:50051", "::1",
+     "[::1]x", "host:", "host:0", "host:70000", "host:http", ":50051", ""],
+)  # fmt: skip
+def test_parse_target_refuses_what_is_not_host_port(target: str) -> None:
+    with pytest.raises(ValueError, match="a target is host:port"):
+        parse_target(target)
+
+
+async def test_exec_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
+    script, latin1 = tmp_path / "x.py", tmp_path / "latin1.py"
+    script.write_text("print(1)")
+    latin1.write_bytes("print('café')\n".encode("latin-1"))
+
+    url, not_utf8, half_tls = await asyncio.gather(
+        oasis_exec(str(script), "--target", "http://127.0.0.1:50051"),
+        oasis_exec(str(latin1), "--target", f"127.0.0.1:{free_port()}"),
+        oasis_exec(str(script), "--tls-cert", str(script)),
+    )
+
+    for run in (url, not_utf8, half_tls):
+        assert run.code == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "is not host:port; a target is host:port" in url.stderr
+    assert f"{latin1} is not UTF-8 text (invalid byte at offset 10)" in not_utf8.stderr
+    assert "--tls-cert and --tls-key go together" in half_tls.stderr
+
+
+async def test_exec_with_target_and_token_from_the_environment(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(SANDBOX_AUTH_TOKEN="cli-token")
+    script = tmp_path / "x.py"
+    script.write_text("set_result('in')")
+    env = {"OASIS_SANDBOX_TARGET": f"127.0.0.1:{server.port}"}
+
+    ok, missing, wrong = await asyncio.gather(
+        oasis_exec(str(script), **env, OASIS_SANDBOX_TOKEN="cli-token"),
+        oasis_exec(str(script), **env, OASIS_SANDBOX_TOKEN=""),
+        oasis_exec(str(script), "--token", "wrong", **env, OASIS_SANDBOX_TOKEN="cli-token"),
+    )
+
+    assert (ok.code, json.loads(ok.stdout)) == (0, "in"), ok.stderr
+    for refused in (missing, wrong):
+        assert refused.code == 2 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+async def test_exec_over_mutual_tls(
+    start_server: StartServer,
+    pki: Pki,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+) -> None:
+    server = await start_server(
+        SANDBOX_TLS_CERT=str(pki.path("server.pem")),
+        SANDBOX_TLS_KEY=str(pki.path("server.key")),
+        SANDBOX_TLS_CLIENT_CA=str(pki.path("ca.pem")),
+        SANDBOX_AUTH_TOKEN="tls-token",
+    )
+    script = tmp_path / "x.py"
+    script.write_text("set_result('over mutual tls')")
+    target = f"localhost:{server.port}"  # the certificate names localhost and 127.0.0.1
+    tls = ["--tls-ca", str(pki.path("ca.pem"))]
+    client = ["--tls-cert", str(pki.path("client.pem")), "--tls-key", str(pki.path("client.key"))]
+
+    ok, no_client_cert, plaintext = await asyncio.gather(
+        oasis_exec(str(script), "--target", target, "--token", "tls-token", *tls, *client),
+        oasis_exec(str(script), "--target", target, "--token", "tls-token", *tls),
+        oasis_exec(str(script), "--target", target, "--token", "tls-token"),
+    )
+
+    assert (ok.code, json.loads(ok.stdout)) == (0, "over mutual tls"), ok.stderr
+    for refused in (no_client_cert, plaintext):
+        assert refused.code == 2 and "UNAVAILABLE" in refused.stderr, refused.stderr
 
 
 # -- --out writes only inside DIR: returned names come from untrusted code ----------------
