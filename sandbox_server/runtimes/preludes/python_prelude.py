@@ -186,15 +186,20 @@ def install_package(name):
 
 
 def _matplotlib_config():
-    """A writable matplotlib config folder in the workspace, seeded with the prebuilt
-    font cache: the prebuilt folder itself is read-only here, and matplotlib would
-    complain on every import and rebuild its font list."""
+    """A writable matplotlib config folder under /tmp (not the workspace, whose files
+    are the user's), seeded with the prebuilt font cache: the prebuilt folder itself
+    is read-only here, and matplotlib would complain on every import and rebuild it."""
     seed = os.environ.pop("OASIS_MPL_CACHE", None)
     if seed is None or "MPLCONFIGDIR" in os.environ:
         return
-    target = os.path.join(os.getcwd(), ".oasis", "matplotlib")
+    target = f"/tmp/.oasis-matplotlib-{os.getuid()}"
     try:
-        os.makedirs(target, exist_ok=True)
+        try:
+            os.mkdir(target, 0o700)
+        except FileExistsError:
+            found = os.lstat(target)  # where /tmp is shared, take only our own real folder
+            if not (found.st_mode & 0o170000 == 0o040000 and found.st_uid == os.getuid()):
+                return
         for name in os.listdir(seed):
             copy = os.path.join(target, name)
             if not os.path.exists(copy):
