@@ -22,6 +22,8 @@ def tool_dispatcher(tools: Mapping[str, Callable[..., Any]]) -> Dispatch:
     """
     table = dict(tools)
     for name, fn in table.items():
+        if not isinstance(name, str):
+            raise TypeError(f"tool names must be strings, got {name!r}")
         if not callable(fn):
             raise TypeError(f"tool {name!r} is not callable")
 
@@ -46,6 +48,48 @@ def tool_dispatcher(tools: Mapping[str, Callable[..., Any]]) -> Dispatch:
     return dispatch
 
 
+Tools = Mapping[str, Callable[..., Any]]
+"""Tools by name, accepted wherever a dispatch is: runners wrap it with tool_dispatcher."""
+
+ASYNC_DISPATCH = "an async function taking one ToolCall and returning a DispatchResult"
+"""What GrpcRunner and HTTPRunner accept as dispatch, besides a mapping of tools."""
+
+
+def as_dispatch(dispatch: object, *, expected: str = ASYNC_DISPATCH) -> Callable[[ToolCall], Any]:
+    """`dispatch` checked before anything is sent; a mapping of tools becomes a tool_dispatcher.
+
+    TypeError, naming what was passed and `expected`, when it is neither a
+    mapping of tools nor a callable that accepts one ToolCall positionally.
+    """
+    if isinstance(dispatch, Mapping):
+        return tool_dispatcher(dispatch)
+    wanted = f"dispatch must be {expected}, or a dict of tools (name -> function)"
+    if not callable(dispatch):
+        raise TypeError(f"{wanted}; got {_describe(dispatch)}")
+    try:
+        signature = inspect.signature(dispatch)
+    except (TypeError, ValueError):
+        return dispatch  # nothing to check (some builtins); calls will tell
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise TypeError(
+            f"{wanted}; got {_describe(dispatch)}, whose signature {signature} "
+            "does not accept a single ToolCall"
+        ) from None
+    return dispatch
+
+
+def _describe(value: object) -> str:
+    name = getattr(value, "__qualname__", None)
+    if isinstance(name, str) and callable(value):
+        return name
+    if callable(value):
+        return f"a {type(value).__name__} object"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
 def _reply(name: str, value: Any) -> DispatchResult:
     if isinstance(value, DispatchResult):
         return value
@@ -65,7 +109,14 @@ async def dispatch_safely(dispatch: Dispatch, call: ToolCall) -> DispatchResult:
     Every runner calls the application's dispatch through this one function.
     """
     try:
-        reply = await dispatch(call)
+        pending = dispatch(call)
+        if not inspect.isawaitable(pending):
+            return DispatchResult(
+                content=f"dispatch returned {type(pending).__name__}, not an awaitable: "
+                "this runner needs an async dispatch (use SyncGrpcRunner for plain functions)",
+                is_error=True,
+            )
+        reply = await pending
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():

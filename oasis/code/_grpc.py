@@ -12,7 +12,7 @@ from typing import Any, TypedDict, TypeVar, cast
 
 import grpc
 
-from .._dispatch import dispatch_safely
+from .._dispatch import Tools, as_dispatch, dispatch_safely
 from .._types import CodeFile, CodeRequest, CodeResult, Dispatch, DispatchResult, LogChunk
 from ..errors import SandboxError
 from ..sandbox.v1 import sandbox_pb2 as pb
@@ -165,9 +165,12 @@ class GrpcRunner:
         assert self._stub is not None
         return self._stub
 
-    async def run(self, request: CodeRequest, dispatch: Dispatch) -> CodeResult:
+    async def run(self, request: CodeRequest, dispatch: Dispatch | Tools) -> CodeResult:
         """Run the code to its end and return the result.
 
+        `dispatch` answers the code's tool calls: an async function taking a
+        ToolCall, or a dict of tools (wrapped with `oasis.tool_dispatcher`);
+        anything else is a TypeError before the request is sent.
         Failures of the code (exceptions, timeouts, kills) are results, not
         exceptions; SandboxError means the server refused or lost the request.
         Cancelling the awaiting task cancels the RPC, and the server kills the code.
@@ -178,16 +181,22 @@ class GrpcRunner:
                     return event
         raise SandboxError("the execution ended without a result", code="INTERNAL")
 
-    async def stream(
-        self, request: CodeRequest, dispatch: Dispatch
+    def stream(
+        self, request: CodeRequest, dispatch: Dispatch | Tools
     ) -> AsyncGenerator[LogChunk | CodeResult, None]:
         """Yield what the code prints as it prints it, then the CodeResult.
 
-        Live chunks are passed on as the server sends them; `max_output` caps
-        only what the result keeps. If you stop iterating early, close the
+        `dispatch` is as in run(), and checked when stream() is called. Live
+        chunks are passed on as the server sends them; `max_output` caps only
+        what the result keeps. If you stop iterating early, close the
         iterator (`async with contextlib.aclosing(runner.stream(...))`) so the
         RPC is cancelled at once rather than when the iterator is collected.
         """
+        return self._stream(request, cast("Dispatch", as_dispatch(dispatch)))
+
+    async def _stream(
+        self, request: CodeRequest, dispatch: Dispatch
+    ) -> AsyncGenerator[LogChunk | CodeResult, None]:
         stub = self._connect()
         timeout = self.timeout if request.timeout is None else request.timeout
         # Random, never derived: the server admits each id once across all clients,

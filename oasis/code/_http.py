@@ -30,12 +30,12 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 
-from .._dispatch import dispatch_safely
+from .._dispatch import Tools, as_dispatch, dispatch_safely
 from .._types import CodeFile, CodeRequest, CodeResult, Dispatch, DispatchResult, Status, ToolCall
 from ..errors import (
     CapacityExhausted,
@@ -95,7 +95,7 @@ class HTTPRunner:
           mounts `handler()` or `aiohttp_handler()` at `/_oasis/dispatch`; no listener
           is started then.
         """
-        self._url = url.rstrip("/")
+        self._url = _base_url(url)
         self._timeout = timeout
         self._max_file_size = max_file_size
         if max_retries < 0:
@@ -187,12 +187,15 @@ class HTTPRunner:
 
     # -- running code -----------------------------------------------------------
 
-    async def run(self, request: CodeRequest, dispatch: Dispatch) -> CodeResult:
+    async def run(self, request: CodeRequest, dispatch: Dispatch | Tools) -> CodeResult:
         """Run the code, answering its tool calls with `dispatch`; the result of the run.
 
-        Failures of the code are in the result; SandboxError when the sandbox
-        refused the request or could not be reached.
+        `dispatch` is an async function taking a ToolCall, or a dict of tools
+        (wrapped with `oasis.tool_dispatcher`); anything else is a TypeError
+        before the request is sent. Failures of the code are in the result;
+        SandboxError when the sandbox refused the request or could not be reached.
         """
+        checked = cast("Dispatch", as_dispatch(dispatch))
         if request.env:
             raise InvalidRequest(
                 "the HTTP API cannot pass environment variables; use GrpcRunner for env",
@@ -212,7 +215,7 @@ class HTTPRunner:
         }
         large = sum(len(f.data) for f in request.files) > _OFF_LOOP
         body = await asyncio.to_thread(_dump, payload) if large else _dump(payload)
-        with self._router.registered(execution_id, dispatch):
+        with self._router.registered(execution_id, checked):
             raw = await self._post_execute(session, body, timeout + _RESPONSE_MARGIN)
         if len(raw) > _OFF_LOOP:
             return await asyncio.to_thread(self._result, raw, execution_id)
@@ -317,6 +320,23 @@ class HTTPRunner:
             )
         status, answer = await self._router.handle(body)
         return web.json_response(answer, status=status)
+
+
+def _base_url(url: str) -> str:
+    """`url` without a trailing slash; ValueError unless it is http(s) with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        example = f"http://{url}" if "://" not in url and url else "http://127.0.0.1:9000"
+        raise ValueError(
+            f"HTTPRunner needs the sandbox's base URL with http:// or https:// and a host, "
+            f"such as {example!r}; got {url!r}"
+        )
+    return url.rstrip("/")
 
 
 class _NotSent(Exception):

@@ -7,8 +7,9 @@ import contextlib
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack, cast
 
+from .._dispatch import Tools, as_dispatch
 from .._types import CodeRequest, CodeResult, Dispatch, DispatchResult, LogChunk, ToolCall
 from ._grpc import GrpcOptions, GrpcRunner
 from ._info import SandboxInfo
@@ -17,6 +18,8 @@ T = TypeVar("T")
 
 SyncDispatch = Callable[[ToolCall], DispatchResult | Awaitable[DispatchResult]]
 """A dispatch for SyncGrpcRunner: a plain function, or an async one like `Dispatch`."""
+
+_SYNC_DISPATCH = "a function (plain or async) taking one ToolCall and returning a DispatchResult"
 
 
 class SyncGrpcRunner:
@@ -60,18 +63,26 @@ class SyncGrpcRunner:
             self._thread.join()
             self._loop.close()
 
-    def run(self, request: CodeRequest, dispatch: SyncDispatch) -> CodeResult:
-        """Run the code to its end and return the result (see GrpcRunner.run)."""
+    def run(self, request: CodeRequest, dispatch: SyncDispatch | Tools) -> CodeResult:
+        """Run the code to its end and return the result (see GrpcRunner.run).
+
+        `dispatch`: a plain or async function taking a ToolCall, or a dict of
+        tools; anything else is a TypeError before the request is sent.
+        """
         return self._wait(self._runner.run(request, _adapt(dispatch)))
 
     def stream(
-        self, request: CodeRequest, dispatch: SyncDispatch
+        self, request: CodeRequest, dispatch: SyncDispatch | Tools
     ) -> Iterator[LogChunk | CodeResult]:
         """Yield log chunks as the code prints them, then the CodeResult.
 
+        `dispatch` is as in run(), and checked when stream() is called.
         Leaving the loop early (or closing the iterator) cancels the execution.
         """
-        events = self._runner.stream(request, _adapt(dispatch))
+        return self._stream(request, _adapt(dispatch))
+
+    def _stream(self, request: CodeRequest, dispatch: Dispatch) -> Iterator[LogChunk | CodeResult]:
+        events = self._runner.stream(request, dispatch)
 
         async def step() -> LogChunk | CodeResult | None:
             try:
@@ -108,12 +119,14 @@ class SyncGrpcRunner:
             raise
 
 
-def _adapt(dispatch: SyncDispatch) -> Dispatch:
-    if inspect.iscoroutinefunction(dispatch):
-        return dispatch
+def _adapt(dispatch: SyncDispatch | Tools) -> Dispatch:
+    """The checked dispatch as an async one; plain functions run in a worker thread."""
+    checked = cast("SyncDispatch", as_dispatch(dispatch, expected=_SYNC_DISPATCH))
+    if inspect.iscoroutinefunction(checked):
+        return checked
 
     async def threaded(call: ToolCall) -> DispatchResult:
-        reply = await asyncio.to_thread(dispatch, call)
+        reply = await asyncio.to_thread(checked, call)
         if inspect.isawaitable(reply):
             reply = await reply
         return reply
