@@ -5,7 +5,9 @@
     DELETE /workspace/{session_id}   204
 
 Field names are those of the original HTTP service, so its clients work
-unchanged. Errors are `{"error": "..."}` with 400, 403, 405, 409, 413, 415 or 503.
+unchanged, and a field it does not know is refused rather than ignored, so a
+typo (`session` for `session_id`) does not pass unnoticed. Errors are
+`{"error": "..."}` with 400, 401, 403, 404, 405, 409, 413, 415 or 503.
 
 Only programs may call it, not web pages: a request from a browser page
 (an `Origin` of another site) or through a rebound DNS name (a `Host` that is
@@ -31,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -323,6 +326,7 @@ def parse_execute(body: bytes, *, max_files: int = Config.max_input_files) -> Ex
         raise invalid(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise invalid("invalid JSON: the body must be a JSON object")
+    _known_fields(value, _FIELDS)
     code = _field(value, "code", str, "")
     if not code.strip():
         raise invalid("code is empty")
@@ -352,11 +356,31 @@ def _field(obj: dict[str, Any], name: str, kind: type, default: Any, *, where: s
     if value is None:
         return default
     if not isinstance(value, kind):
-        raise invalid(f"{where}{name} must be a JSON {_JSON_TYPE[kind]}")
+        raise invalid(f"{where}{name} must be a JSON {_JSON_TYPE[kind]}, got {_shown(value)}")
     return value
 
 
 _JSON_TYPE: dict[type, str] = {str: "string", list: "array", dict: "object"}
+_FIELDS = ("execution_id", "callback_url", "code", "runtime", "session_id", "timeout", "files")
+_FILE_FIELDS = ("name", "data", "mime", "url")
+
+
+def _known_fields(obj: dict[str, Any], known: tuple[str, ...], *, where: str = "") -> None:
+    """Refuse the first field not in `known`, suggesting the closest known name."""
+    for name in obj:
+        if name not in known:
+            # difflib is quadratic-ish: a megabyte-long name gets no suggestion
+            close = difflib.get_close_matches(name, known, n=1) if len(name) <= 64 else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise invalid(
+                f"{where}unknown field {_shown(name)}{hint}; the fields are {', '.join(known)}"
+            )
+
+
+def _shown(value: Any) -> str:
+    """A received value as its repr, so `'30'` and `30` differ; cut short if long."""
+    text = repr(value[:61] if isinstance(value, str) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _timeout(value: Any) -> float | None:
@@ -373,9 +397,9 @@ def _timeout(value: Any) -> float | None:
     except OverflowError:  # an integer too large for a float
         whole = False
     if not whole:
-        raise invalid(f"timeout must be a whole number of seconds, got {str(value)[:40]}")
+        raise invalid(f"timeout must be a whole number of seconds, got {_shown(value)}")
     if value < 0:
-        raise invalid(f"timeout must not be negative, got {value}")
+        raise invalid(f"timeout must not be negative, got {_shown(value)}")
     return float(value) if value else None
 
 
@@ -383,6 +407,7 @@ def _input_file(index: int, value: Any) -> InputFile:
     where = f"files[{index}]."
     if not isinstance(value, dict):
         raise invalid(f"files[{index}] must be a JSON object with name and data")
+    _known_fields(value, _FILE_FIELDS, where=f"files[{index}]: ")
     name: str = _field(value, "name", str, "", where=where)
     data: str = _field(value, "data", str, "", where=where)
     if _field(value, "url", str, "", where=where) and not data:

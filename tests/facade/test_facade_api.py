@@ -240,6 +240,70 @@ async def test_unsupported_runtime_names_the_supported_ones(
     assert answer == {"error": "unsupported runtime: ruby; supported: python, node"}
 
 
+async def test_a_misspelt_field_is_400_naming_it_and_the_known_one(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    status, answer = await execute(http, server, {"code": "pass", "session": "s1"})
+
+    assert status == 400
+    assert answer["error"].startswith("unknown field 'session' (did you mean 'session_id'?)")
+
+
+async def test_an_unknown_file_field_is_400_naming_the_file_and_field(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    files = [{"name": "a.txt", "data": b64(b"a"), "mime": "text/plain"}]
+    files.append({"name": "b.txt", "data": b64(b"b"), "mim": "text/plain"})
+    status, answer = await execute(http, server, request("pass", files=files))
+
+    assert status == 400
+    assert answer["error"].startswith("files[1]: unknown field 'mim' (did you mean 'mime'?)")
+
+
+async def test_an_unknown_field_unlike_any_known_one_lists_the_fields(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    status, answer = await execute(http, server, request("pass", env={"A": "1"}))
+
+    assert status == 400
+    assert "did you mean" not in answer["error"]
+    assert answer["error"].endswith(
+        "unknown field 'env'; the fields are "
+        "execution_id, callback_url, code, runtime, session_id, timeout, files"
+    )
+
+
+async def test_every_documented_field_is_accepted(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    file = {"name": "a.txt", "data": b64(b"a"), "mime": "text/plain", "url": ""}
+    body = request("set_result(open('a.txt').read())", files=[file])
+
+    status, answer = await execute(http, server, body)
+
+    assert status == 200, answer
+    assert json.loads(answer["output"]) == "a"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"timeout": "30"}, "timeout must be a whole number of seconds, got '30'"),
+        ({"timeout": True}, "timeout must be a whole number of seconds, got True"),
+        ({"session_id": 7}, "session_id must be a JSON string, got 7"),
+        ({"files": {"name": "a"}}, "files must be a JSON array, got {'name': 'a'}"),
+    ],
+    ids=["string-timeout", "bool-timeout", "number-session", "object-files"],
+)
+async def test_a_value_of_the_wrong_type_is_shown_as_received(
+    http: aiohttp.ClientSession, server: SandboxServer, fields: dict[str, Any], message: str
+) -> None:
+    status, answer = await execute(http, server, request("pass", **fields))
+
+    assert status == 400
+    assert answer == {"error": message}
+
+
 # -- 405, 413 ---------------------------------------------------------------------------
 
 
