@@ -219,6 +219,9 @@ async def test_uncaught_tool_error_fails_the_execution(client: SandboxClient, ru
     assert "card declined for 9 EUR" in outcome.result.error
     assert outcome.output is None
     assert outcome.result.output == ""
+    # The traceback shows the code's own lines, not the prelude's frames and host paths.
+    assert "prelude" not in outcome.result.error, outcome.result.error
+    assert ("<code>" if runtime == "python" else "file://") in outcome.result.error
 
 
 PARALLEL_ERROR = {

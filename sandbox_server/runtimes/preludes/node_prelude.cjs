@@ -126,8 +126,13 @@ async function installPackage(name) {
   if (reply.error) throw new Error(`installPackage('${name}') failed: ${reply.error}`);
 }
 
+// Frames of this prelude (callTool and the like) show host paths and nothing of the code.
+function withoutPreludeFrames(stack) {
+  return stack.split('\n').filter((line) => !line.includes(__filename)).join('\n');
+}
+
 function reportError(err) {
-  const text = err && err.stack ? String(err.stack) : String(err);
+  const text = err && err.stack ? withoutPreludeFrames(String(err.stack)) : String(err);
   process.stderr.write(text + '\n');
   try {
     send({ type: 'error', message: text });

@@ -210,6 +210,16 @@ def _matplotlib_config():
     os.environ["MPLCONFIGDIR"] = target
 
 
+def _drop_own_frames(report, traceback):
+    """Remove this file's frames from a TracebackException and the ones it chains to."""
+    seen = set()
+    while report is not None and id(report) not in seen:
+        seen.add(id(report))
+        frames = [frame for frame in report.stack if frame.filename != __file__]
+        report.stack = traceback.StackSummary.from_list(frames)
+        report = report.__cause__ or report.__context__
+
+
 def _run():
     start = json.loads(_reader.readline())
     _matplotlib_config()
@@ -239,8 +249,11 @@ def _run():
 
         # Let the traceback quote the offending lines of the code.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        # Drop this prelude's own frame: the traceback starts in the user's code.
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+        # Only the user's frames: this prelude's (the exec above, call_tool and the
+        # like) show host paths and nothing of the code.
+        report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        _drop_own_frames(report, traceback)
+        text = "".join(report.format())
         sys.stderr.write(text)
         _send({"type": "error", "message": text})
         return 1
