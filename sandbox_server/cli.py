@@ -9,7 +9,7 @@ import sys
 
 from oasis import demo as demo_command
 
-from . import __version__, exec_command, logs_ratelimit
+from . import __version__, exec_command, logs_ratelimit, settings
 from . import config as config_module
 from .launcher import BuildError, IsolationUnavailable
 from .runtimes import RuntimeUnavailable
@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the sandbox service (configured by SANDBOX_* variables)")
+    commands.add_parser(
+        "serve",
+        help="run the sandbox service (configured by SANDBOX_* variables)",
+        description="Run the sandbox service until SIGTERM or Ctrl-C (twice: stop runs now).",
+        epilog=settings.describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     exec_command.add_parser(commands)
     demo_command.add_parser(commands)
     args = parser.parse_args(argv)
