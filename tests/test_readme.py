@@ -1,4 +1,14 @@
-"""The README's Python quick starts run as written, against a real sandbox."""
+"""Every code block of the README runs as written, against a real sandbox.
+
+Blocks are taken from README.md by their fence. Python blocks run as scripts,
+shell blocks through bash from a folder that looks like the repository root
+(.venv and examples linked in); either way the README's address of a local
+server, 127.0.0.1:50051 (or :9000 for HTTP), is rewritten to the test
+server's port before the block runs, the only change made to its text.
+`make` and `docker compose` blocks start long-running services or this very
+suite, so they are checked (the targets exist), not run; `text` blocks are
+diagrams.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,6 @@ import asyncio
 import json
 import re
 import sys
-import textwrap
 from pathlib import Path
 
 from sandbox_server.server import SandboxServer
@@ -15,8 +24,15 @@ from .agent.test_openai import FakeOpenAI, completion, fake  # noqa: F401 - the 
 from .conftest import REPO
 
 README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+FENCED = re.findall(r"^```(\w*)\n(.*?)^```$", README, flags=re.S | re.M)
+BLOCKS = [text for language, text in FENCED if language == "python"]
+SHELL = [text for language, text in FENCED if language == "sh"]
 DEFAULT_TARGET = "127.0.0.1:50051"
+TESTED = {
+    "python": ("tool_dispatcher({", "HTTPRunner(", "LLMAgent(", "SyncGrpcRunner("),
+    "sh": ("oasis-sandbox exec", "make "),
+}
+"""What the tests below look for in each block: a block matching none is untested."""
 
 
 async def run_script(source: str, tmp_path: Path, **env: str) -> str:
@@ -31,32 +47,57 @@ async def run_script(source: str, tmp_path: Path, **env: str) -> str:
     return out.decode()
 
 
-def block(containing: str) -> str:
-    [found] = [b for b in BLOCKS if containing in b]
+async def run_shell(source: str, cwd: Path, target: str) -> tuple[str, str]:
+    """Run a shell block with bash -e (pipefail) from `cwd`, with .venv/bin on PATH."""
+    script = cwd / "snippet.sh"
+    script.write_text(source)
+    env = {
+        "PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin",
+        "HOME": str(cwd),
+        "OASIS_SANDBOX_TARGET": target,
+    }
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-e", "-o", "pipefail", str(script), cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode == 0, f"exit {process.returncode}\n{out.decode()}\n{err.decode()}"
+    return out.decode(), err.decode()
+
+
+def block(containing: str, blocks: list[str] = BLOCKS) -> str:
+    [found] = [b for b in blocks if containing in b]
     return found
 
 
+def test_every_block_is_tested() -> None:
+    """A new README block fails here until a test below runs (or checks) it."""
+    for language, text in FENCED:
+        if language == "text":
+            continue
+        assert language in TESTED, f"a ```{language} block has no test:\n{text}"
+        assert any(marker in text for marker in TESTED[language]), f"untested block:\n{text}"
+
+
 async def test_grpc_quick_start(server: SandboxServer, tmp_path: Path) -> None:
-    source = block("def weather(").replace(DEFAULT_TARGET, f"127.0.0.1:{server.port}")
+    source = block("tool_dispatcher({").replace(DEFAULT_TARGET, f"127.0.0.1:{server.port}")
     out = await run_script(source, tmp_path)
     assert out.startswith("Status.OK {'city': 'Rome', 'temp': 23}")
     assert "warmest: Rome" in out
 
 
 async def test_http_quick_start(server: SandboxServer, tmp_path: Path) -> None:
-    """The HTTPRunner fragment, run with the definitions of the gRPC quick start."""
-    definitions = block("def weather(").split("async def main")[0]
-    fragment = block("HTTPRunner(").replace(
+    source = block("HTTPRunner(").replace(
         "http://127.0.0.1:9000", f"http://127.0.0.1:{server.http_port}"
-    )
-    source = (
-        definitions
-        + "async def main():\n"
-        + textwrap.indent(fragment, "    ")
-        + "    print(result.status, result.output)\n\nasyncio.run(main())\n"
     )
     out = await run_script(source, tmp_path)
     assert out.strip() == "Status.OK {'city': 'Rome', 'temp': 23}"
+
+
+async def test_sync_dispatch_example(server: SandboxServer, tmp_path: Path) -> None:
+    source = block("SyncGrpcRunner(").replace(DEFAULT_TARGET, f"127.0.0.1:{server.port}")
+    out = await run_script(source, tmp_path)
+    assert out.strip() == ("Status.OK {'id': 7, 'name': 'Ada'} [('report.txt', b'Ada: likes tea')]")
 
 
 async def test_agent_quick_start(server: SandboxServer, fake: FakeOpenAI, tmp_path: Path) -> None:  # noqa: F811
@@ -78,3 +119,37 @@ async def test_agent_quick_start(server: SandboxServer, fake: FakeOpenAI, tmp_pa
     tool_answer = fake.received[1]["messages"][-1]
     assert tool_answer["role"] == "tool"
     assert '"Rome":23' in tool_answer["content"].replace(" ", "")
+
+
+async def test_exec_commands(server: SandboxServer, tmp_path: Path) -> None:
+    """The `oasis-sandbox exec` block, run as written from the repository root's layout."""
+    for name in (".venv", "examples"):
+        (tmp_path / name).symlink_to(REPO / name)
+    target = f"127.0.0.1:{server.port}"
+    source = block("oasis-sandbox exec", SHELL).replace(DEFAULT_TARGET, target)
+    out, err = await run_shell(source, tmp_path, target)
+
+    assert "hi\n" in out and '"ok": true' in out
+    assert '"warmest": "Cairo"' in out  # examples/chart.py read examples/data.csv
+    chart = tmp_path / "out" / "chart.png"
+    assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), err
+    assert "first ten primes: 2, 3, 5" in out and '"sum": 129' in out  # examples/job.js
+    assert err.count("[oasis] ok") == 3, err
+
+
+def test_make_and_compose_blocks() -> None:
+    """Blocks that start services (or this suite) name targets and files that exist."""
+    targets = set(re.findall(r"^([a-z-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    for text in SHELL:
+        if "oasis-sandbox exec" in text:
+            continue
+        for line in text.splitlines():
+            command = line.split("#")[0].split()
+            if command[:1] == ["make"]:
+                assert set(command[1:]) <= targets, line
+            elif command[:2] == ["docker", "compose"]:
+                assert (REPO / "compose.yaml").exists() and (
+                    REPO / "deploy" / "Dockerfile"
+                ).exists()
+            else:
+                assert not command, f"a shell command no test runs or checks: {line}"
