@@ -53,7 +53,8 @@ import os
 cwd = os.getcwd()
 writable = []
 for top, dirs, _ in os.walk('/'):
-    if top.startswith('/proc') or top.startswith(cwd + '/'):
+    # Below the private /tmp and /dev/shm is the run's own (the prelude keeps a folder there).
+    if top.startswith(('/proc', cwd + '/', '/tmp/', '/dev/shm/')):
         dirs[:] = []
         continue
     if top.count('/') >= 3:  # deep enough, except on the way to the workspace
