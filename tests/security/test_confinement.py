@@ -53,8 +53,11 @@ import os
 cwd = os.getcwd()
 writable = []
 for top, dirs, _ in os.walk('/'):
-    # Below the private /tmp and /dev/shm is the run's own (the prelude keeps a folder there).
-    if top.startswith(('/proc', cwd + '/', '/tmp/', '/dev/shm/')):
+    # Below the private /tmp and /dev/shm is the run's own (the prelude keeps a folder
+    # there), except the way to the workspace.
+    if top.startswith(('/proc', cwd + '/')) or (
+        top.startswith(('/tmp/', '/dev/shm/')) and not (cwd + '/').startswith(top + '/')
+    ):
         dirs[:] = []
         continue
     if top.count('/') >= 3:  # deep enough, except on the way to the workspace
