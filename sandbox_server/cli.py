@@ -11,8 +11,7 @@ from oasis import demo as demo_command
 
 from . import __version__, exec_command, logs_ratelimit, settings
 from . import config as config_module
-from .launcher import BuildError, IsolationUnavailable
-from .runtimes import RuntimeUnavailable
+from .errors import StartError
 from .server import serve
 
 
@@ -45,13 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = config_module.load()
             asyncio.run(serve(config))
-        except (
-            config_module.ConfigError,
-            BuildError,
-            IsolationUnavailable,
-            RuntimeUnavailable,
-            OSError,
-        ) as exc:
+        except (StartError, OSError) as exc:  # OSError: e.g. SANDBOX_ADDR cannot be bound
             print(f"oasis-sandbox: {exc}", file=sys.stderr)
             return 2
     return 0

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import StartError
 from .isolation import Level, Limits, Network
 
 KIB = 1024
 MIB = 1024 * KIB
 
 
-class ConfigError(Exception):
+class ConfigError(StartError):
     """A SANDBOX_* variable has a value the server cannot use."""
 
 

@@ -27,5 +27,17 @@ class RequestError(Exception):
         self.message = message
 
 
+class StartError(Exception):
+    """The server cannot start here; the message names the setting or what to change.
+
+    The root of every start-up failure that `oasis-sandbox serve` reports in
+    one line instead of a traceback.
+    """
+
+
+class InUse(StartError, OSError):
+    """A port or workspace root that another process holds."""
+
+
 def invalid(message: str) -> RequestError:
     return RequestError(Code.INVALID_ARGUMENT, message)

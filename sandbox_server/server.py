@@ -15,6 +15,7 @@ from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from .auth import TokenInterceptor
 from .config import Config
 from .core import Sandbox
+from .errors import InUse
 from .execution import MAX_MESSAGE
 from .facade import Facade
 from .peers import SandboxedPeerInterceptor
@@ -101,7 +102,7 @@ class SandboxServer:
             self.port = 0
         if self.port == 0:
             await self.sandbox.close()
-            raise OSError(
+            raise InUse(
                 f"SANDBOX_GRPC_ADDR: cannot listen on {config.grpc_addr}: the port is in use "
                 "(another sandbox server?) or the address is not this machine's"
             )

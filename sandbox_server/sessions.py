@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 
 from . import mounts
 from .cgroups import Cgroups, SessionGroup
-from .errors import Code, RequestError, invalid
+from .errors import Code, InUse, RequestError, invalid
 from .isolation import UID_BASE, UID_BLOCK, UID_COUNT, Limits
 from .launcher.network import Egress, SessionNetwork
 from .safefs import remove_tree
@@ -143,7 +143,7 @@ class Workspaces:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise OSError(
+            raise InUse(
                 f"SANDBOX_WORKSPACE: {self._root} is in use by another sandbox server "
                 f"(pid {holder}); give each server its own SANDBOX_WORKSPACE"
             ) from None

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..errors import StartError
 from ..isolation import UID_BASE, Level, Policy
 from .build import BuildError, ensure_init_binary
 from .network import Egress
@@ -51,7 +52,7 @@ class LaunchSpec:
     """Size of the private /tmp, when not the policy's."""
 
 
-class IsolationUnavailable(Exception):
+class IsolationUnavailable(StartError):
     """The host cannot provide the isolation level the configuration demands."""
 
 

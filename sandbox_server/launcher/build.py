@@ -13,10 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..errors import StartError
+
 SOURCE = Path(__file__).with_name("oasis_init.c")
 
 
-class BuildError(Exception):
+class BuildError(StartError):
     pass
 
 

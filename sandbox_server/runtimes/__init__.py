@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
-from ..errors import invalid
+from ..errors import StartError, invalid
 from ..isolation import Limits, Network
 
 PRELUDES = Path(__file__).with_name("preludes")
@@ -40,7 +40,7 @@ _ARCHIVE_NAME = re.compile(
 )
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(StartError):
     pass
 
 
