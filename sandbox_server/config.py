@@ -131,20 +131,24 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     grpc_addr = _address("SANDBOX_GRPC_ADDR", get("SANDBOX_GRPC_ADDR") or Config.grpc_addr)
     http_addr = _address("SANDBOX_ADDR", get("SANDBOX_ADDR") or Config.http_addr)
 
-    default_timeout = parsed("SANDBOX_DEFAULT_TIMEOUT", parse_duration, minimum=0.001, default=30.0)
-    max_timeout = parsed("SANDBOX_MAX_TIMEOUT", parse_duration, minimum=0.001, default=300.0)
+    default_timeout = parsed(
+        "SANDBOX_DEFAULT_TIMEOUT", parse_duration, minimum=0.001, default=Config.default_timeout
+    )
+    max_timeout = parsed(
+        "SANDBOX_MAX_TIMEOUT", parse_duration, minimum=0.001, default=Config.max_timeout
+    )
     if default_timeout > max_timeout:
         raise ConfigError("SANDBOX_DEFAULT_TIMEOUT: must not exceed SANDBOX_MAX_TIMEOUT")
 
-    max_output = parsed("SANDBOX_MAX_OUTPUT", parse_size, minimum=1, default=512 * KIB)
-    max_result = parsed("SANDBOX_MAX_RESULT", parse_size, minimum=1, default=2 * MIB)
+    max_output = parsed("SANDBOX_MAX_OUTPUT", parse_size, minimum=1, default=Config.max_output)
+    max_result = parsed("SANDBOX_MAX_RESULT", parse_size, minimum=1, default=Config.max_result)
     if max_output + max_result > 3 * MIB:
         # Both travel in the final result message, which must stay under 4 MiB.
         raise ConfigError(
             "SANDBOX_MAX_OUTPUT + SANDBOX_MAX_RESULT: together they must not exceed 3MiB"
         )
 
-    isolation = parsed("SANDBOX_ISOLATION", Level.parse, default=Level.NAMESPACES)
+    isolation = parsed("SANDBOX_ISOLATION", Level.parse, default=Config.isolation)
     allow_insecure = _flag("SANDBOX_ALLOW_INSECURE", get("SANDBOX_ALLOW_INSECURE"))
     if isolation is Level.NONE and not allow_insecure:
         raise ConfigError(
@@ -211,13 +215,19 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         workspace_root=_workspace_root(get("SANDBOX_WORKSPACE")),
         python_bin=_executable("SANDBOX_PYTHON_BIN", get("SANDBOX_PYTHON_BIN"), default_python()),
         node_bin=_node_bin(get("SANDBOX_NODE_BIN")),
-        max_concurrent=parsed("SANDBOX_MAX_CONCURRENT", positive_int, minimum=1, default=4),
-        session_ttl=parsed("SANDBOX_SESSION_TTL", parse_duration, minimum=0.001, default=3600.0),
+        max_concurrent=parsed(
+            "SANDBOX_MAX_CONCURRENT", positive_int, minimum=1, default=Config.max_concurrent
+        ),
+        session_ttl=parsed(
+            "SANDBOX_SESSION_TTL", parse_duration, minimum=0.001, default=Config.session_ttl
+        ),
         max_output=max_output,
         max_result=max_result,
         default_timeout=default_timeout,
         max_timeout=max_timeout,
-        shutdown_grace=parsed("SANDBOX_SHUTDOWN_GRACE", parse_duration, default=10.0),
+        shutdown_grace=parsed(
+            "SANDBOX_SHUTDOWN_GRACE", parse_duration, default=Config.shutdown_grace
+        ),
         pip_index_url=get("SANDBOX_PIP_INDEX_URL"),
         npm_registry=get("SANDBOX_NPM_REGISTRY"),
         isolation=isolation,
@@ -226,10 +236,18 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         network_allow=network_allow,
         network_deny=network_deny,
         limits=limits,
-        max_code_size=parsed("SANDBOX_MAX_CODE_SIZE", parse_size, minimum=1, default=1 * MIB),
-        max_input_files=parsed("SANDBOX_MAX_INPUT_FILES", positive_int, minimum=1, default=100),
-        max_sessions=parsed("SANDBOX_MAX_SESSIONS", positive_int, minimum=1, default=256),
-        max_connections=parsed("SANDBOX_MAX_CONNECTIONS", positive_int, minimum=8, default=1024),
+        max_code_size=parsed(
+            "SANDBOX_MAX_CODE_SIZE", parse_size, minimum=1, default=Config.max_code_size
+        ),
+        max_input_files=parsed(
+            "SANDBOX_MAX_INPUT_FILES", positive_int, minimum=1, default=Config.max_input_files
+        ),
+        max_sessions=parsed(
+            "SANDBOX_MAX_SESSIONS", positive_int, minimum=1, default=Config.max_sessions
+        ),
+        max_connections=parsed(
+            "SANDBOX_MAX_CONNECTIONS", positive_int, minimum=8, default=Config.max_connections
+        ),
         allowed_hosts=tuple(
             host.strip().lower()
             for host in (get("SANDBOX_ALLOWED_HOSTS") or "").split(",")
