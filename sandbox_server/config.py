@@ -76,6 +76,8 @@ class Config:
     """SANDBOX_AUTH_TOKEN: clients must send `authorization: Bearer <token>`."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    init_bin: Path | None = None
+    """SANDBOX_INIT_BIN: a prebuilt oasis-init (the container image sets it); else built once."""
     tls_client_ca: Path | None = None
     """With a CA, clients must present a certificate it signed (mutual TLS)."""
 
@@ -257,6 +259,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        init_bin=Path(raw_init) if (raw_init := get("SANDBOX_INIT_BIN")) else None,
     )
 
 

@@ -281,6 +281,7 @@ def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) 
         minimum=config.isolation,
         probe_argv=probe,
         strongest=strongest,
+        prebuilt_init=config.init_bin,
     )
 
 

@@ -116,6 +116,7 @@ class Launcher:
         minimum: Level,
         probe_argv: Sequence[str],
         strongest: Level = Level.NAMESPACES,
+        prebuilt_init: Path | None = None,
     ) -> Launcher:
         """Find the strongest level that works here; IsolationUnavailable below `minimum`.
 
@@ -123,7 +124,7 @@ class Launcher:
         it, as a session uid would, so an unreadable interpreter fails here and
         not on the first request.
         """
-        init = ensure_init_binary(cache_dir)
+        init = ensure_init_binary(cache_dir, prebuilt_init)
         pidns = _runs([str(init), "--pidns", "--", "/bin/true"]) is None
         reasons: list[str] = []
         for level in (Level.NAMESPACES, Level.UID, Level.NONE):

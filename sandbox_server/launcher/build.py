@@ -22,13 +22,12 @@ class BuildError(StartError):
     pass
 
 
-def ensure_init_binary(cache_dir: Path) -> Path:
-    prebuilt = os.environ.get("SANDBOX_INIT_BIN", "").strip()
-    if prebuilt:
-        path = Path(prebuilt)
-        if not os.access(path, os.X_OK):
-            raise BuildError(f"SANDBOX_INIT_BIN: {prebuilt!r} is not an executable file")
-        return path
+def ensure_init_binary(cache_dir: Path, prebuilt: Path | None = None) -> Path:
+    """`prebuilt` (SANDBOX_INIT_BIN) when given, else a build cached in `cache_dir`."""
+    if prebuilt is not None:
+        if not os.access(prebuilt, os.X_OK):
+            raise BuildError(f"SANDBOX_INIT_BIN: {str(prebuilt)!r} is not an executable file")
+        return prebuilt
     source = SOURCE.read_bytes()
     target = cache_dir / f"oasis-init-{hashlib.sha256(source).hexdigest()[:12]}"
     if os.access(target, os.X_OK):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_server import config as config_module
+from sandbox_server.errors import StartError
 from sandbox_server.isolation import Network
 from sandbox_server.launcher import IsolationUnavailable
 
@@ -188,3 +189,12 @@ async def test_an_interpreter_closed_to_session_users_is_named(
     message = str(caught.value)
     assert "SANDBOX_PYTHON_BIN" in message and "is closed to other users" in message
     assert "lower SANDBOX_ISOLATION" not in message
+
+
+async def test_a_prebuilt_oasis_init_that_is_not_executable_is_named(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    not_a_program = tmp_path / "oasis-init"
+    not_a_program.write_text("")
+    with pytest.raises(StartError, match="SANDBOX_INIT_BIN"):
+        await start_server(SANDBOX_INIT_BIN=str(not_a_program))
