@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_server import config as config_module
 from sandbox_server.server import SandboxServer
 
+from .pki import Pki, make_pki
 from .sandbox_client import SandboxClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,3 +79,11 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.SandboxStub:
 @pytest.fixture
 def client(channel: grpc.aio.Channel) -> SandboxClient:
     return SandboxClient(channel)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates for TLS tests (skipped where the openssl CLI is missing)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -16,7 +16,7 @@ from sandbox_server.safefs import UnsafePath
 from sandbox_server.server import SandboxServer
 
 from ..conftest import REPO, StartServer
-from ..security.test_tls import Pki, pki  # noqa: F401 - the fixture
+from ..pki import Pki
 from .conftest import VENV_BIN, free_port
 
 
@@ -218,7 +218,7 @@ async def test_exec_with_target_and_token_from_the_environment(
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 async def test_exec_over_mutual_tls(
     start_server: StartServer,
-    pki: Pki,  # noqa: F811 - the imported fixture
+    pki: Pki,
     tmp_path: Path,
 ) -> None:
     server = await start_server(
