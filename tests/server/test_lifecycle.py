@@ -263,7 +263,7 @@ async def test_disconnect_during_input_upload(start_server: StartServer) -> None
     """A client that vanishes halfway through a chunked upload frees its slot; the code never runs."""
     server = await start_server(SANDBOX_MAX_CONCURRENT="1")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    request = start_message("print('should not run')", timeout=60)
+    request = start_message("open('ran.txt', 'w').write('x')", timeout=60, session_id="upload")
     request.start.files.append(pb.File(name="big.bin", size=10))
     execution = await RawExecution.begin(pb_grpc.SandboxStub(channel), request)
     await execution.send(pb.ExecuteRequest(file_chunk=pb.FileChunk(name="big.bin", data=b"12345")))
@@ -282,6 +282,9 @@ async def test_disconnect_during_input_upload(start_server: StartServer) -> None
         await eventually(
             admitted, timeout=KILL_BOUND, what="capacity released after an abandoned upload"
         )
+        # The session's workspace holds no trace of the code: it never ran.
+        look = "import os; set_result(os.path.exists('ran.txt'))"
+        assert (await client.run(look, session_id="upload")).output is False
 
 
 @pytest.mark.timeout(60)
