@@ -57,6 +57,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -530,6 +531,15 @@ static void namespace_init(const struct options *o, int report) {
     _exit(0);
 }
 
+/* A whole decimal number within [min, max], or die naming the option. */
+static long long number(const char *option, const char *text, long long min, long long max) {
+    char *end;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (errno || end == text || *end || value < min || value > max) die_msg(option, "not a valid number");
+    return value;
+}
+
 static void join_cgroup(const char *dir) {
     char path[4096], pid[32];
     snprintf(path, sizeof path, "%s/cgroup.procs", dir);
@@ -555,7 +565,7 @@ static int hold_netns(void) {
 /* Options after --args-fd come from the fd, NUL-separated, followed by the
    rest of the command line (the PROGRAM part). */
 static char **expand_args_fd(int argc, char **argv, int *new_argc) {
-    int fd = atoi(argv[2]);
+    int fd = (int)number("--args-fd", argv[2], 0, 1 << 20);
     char *buf = malloc(MAX_ARGS_BYTES + 1);
     if (!buf) die("malloc");
     size_t used = 0;
@@ -622,10 +632,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
         else if (!next) die_msg("missing value for option", a);
         else if (strcmp(a, "--ro") == 0 && o->n_ro < MAX_PATHS) { o->ro[o->n_ro++] = next; i++; }
         else if (strcmp(a, "--rw") == 0 && o->n_rw < MAX_PATHS) { o->rw[o->n_rw++] = next; i++; }
-        else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = atoll(next); i++; }
-        else if (strcmp(a, "--join-netns") == 0) { o->join_netns = atoi(next); i++; }
-        else if (strcmp(a, "--init-uid") == 0) { o->init_uid = atol(next); i++; }
-        else if (strcmp(a, "--server-pid") == 0) { o->server_pid = atol(next); i++; }
+        else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = number(a, next, 4096, 1LL << 50); i++; }
+        else if (strcmp(a, "--join-netns") == 0) { o->join_netns = (int)number(a, next, 0, 1 << 20); i++; }
+        else if (strcmp(a, "--init-uid") == 0) { o->init_uid = (long)number(a, next, 1, UINT32_MAX - 1); i++; }
+        else if (strcmp(a, "--server-pid") == 0) { o->server_pid = (long)number(a, next, 1, INT32_MAX); i++; }
         else if (strcmp(a, "--resolv-conf") == 0) { o->resolv_conf = next; i++; }
         else if (strcmp(a, "--cgroup") == 0) {
             if (o->n_cgroups >= MAX_CGROUPS) die_msg("too many --cgroup", next);
@@ -637,8 +647,8 @@ static void parse_options(int argc, char **argv, struct options *o) {
             o->env[o->n_env++] = (char *)next;
             i++;
         }
-        else if (strcmp(a, "--uid") == 0) { o->uid = atol(next); i++; }
-        else if (strcmp(a, "--gid") == 0) { o->gid = atol(next); i++; }
+        else if (strcmp(a, "--uid") == 0) { o->uid = (long)number(a, next, 0, UINT32_MAX - 1); i++; }
+        else if (strcmp(a, "--gid") == 0) { o->gid = (long)number(a, next, 0, UINT32_MAX - 1); i++; }
         else if (strcmp(a, "--rlimit") == 0 && o->n_limits < MAX_LIMITS) {
             if (parse_limit(next, &o->limit_res[o->n_limits], &o->limit_val[o->n_limits]) != 0)
                 die_msg("bad --rlimit", next);
