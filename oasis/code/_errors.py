@@ -31,6 +31,10 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> SandboxError:
     Raise the result `from exc` so the original status and debug string stay
     reachable through `__cause__`.
     """
-    status: grpc.StatusCode = exc.code()
-    message = str(exc.details() or "") or f"the RPC failed with status {status.name}"
+    return from_status(exc.code(), exc.details())
+
+
+def from_status(status: grpc.StatusCode, details: str | None) -> SandboxError:
+    """The library error for an RPC status (as `from_grpc`, where no exception was raised)."""
+    message = str(details or "") or f"the RPC failed with status {status.name}"
     return _BY_CODE.get(status, SandboxError)(message, code=status.name)

@@ -18,7 +18,7 @@ from ..errors import SandboxError
 from ..sandbox.v1 import sandbox_pb2 as pb
 from ..sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from . import _wire
-from ._errors import from_grpc
+from ._errors import from_grpc, from_status
 from ._info import SandboxInfo
 from ._wire import KiB, MiB
 
@@ -290,6 +290,10 @@ class _Exchange:
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
+                    # A stream cut off (the server died) also reads as EOF: its status says so.
+                    status = await call.code()
+                    if status != grpc.StatusCode.OK:
+                        raise from_status(status, await call.details())
                     raise SandboxError(
                         "the server ended the stream without a result", code="INTERNAL"
                     )
@@ -321,11 +325,13 @@ class _Exchange:
                     yield result
                     return
         finally:
-            writer.cancel()
-            for task in self._pending:
+            pending = [writer, *self._pending]
+            for task in pending:
                 task.cancel()
             call.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            # Awaited, so that no dispatch outlives run(); a sync one in a thread is
+            # abandoned, not waited for.
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _write(self, call: Any) -> None:
         """Send `start`, the chunked input files, then tool results as they are ready."""
