@@ -13,7 +13,6 @@ must not keep the run alive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
@@ -24,19 +23,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import safefs
+from . import outputs, safefs
 from .cgroups import RunGroup, Usage
-from .config import MIB, Config
+from .channel import MAX_TOOL_ARGS, PreludeChannel
+from .config import Config
 from .errors import RequestError, invalid
+from .installer import MAX_PENDING_INSTALLS, Installer
 from .isolation import describe_size, limit_hint
 from .launcher import Launcher, LaunchSpec, Process
-from .launcher.network import installer_network
 from .logs import LogCollector
-from .mime import guess_mime
 from .model import (
     Event,
     ExecutionSpec,
-    FileChunkEvent,
     LogEvent,
     OutputFile,
     Result,
@@ -45,30 +43,14 @@ from .model import (
     Stream,
     ToolCallEvent,
 )
+from .outputs import FILE_CHUNK as FILE_CHUNK
+from .outputs import MAX_ERROR
+from .outputs import MAX_MESSAGE as MAX_MESSAGE
 from .runtimes import Runtime
 from .sessions import Workspace, Workspaces
 
 log = logging.getLogger(__name__)
 
-FILE_CHUNK = 1 * MIB
-"""Files larger than this travel as chunks; each chunk message stays far below 4 MiB."""
-MAX_TOOL_ARGS = 3 * MIB
-"""A tool call's name and arguments must fit one gRPC message."""
-MAX_MESSAGE = 4 * MIB
-"""No message in either direction may exceed this: stock gRPC clients' default limit."""
-MAX_PENDING_INSTALLS = 8
-"""install_package calls one execution may have running or waiting; more are refused."""
-MAX_ERROR = 64 * 1024
-"""Bytes of a result's `error` kept (start and end): plenty for any useful traceback."""
-_MESSAGE_MARGIN = 64 * 1024
-_FILE_ENTRY = 256
-"""Room a File entry takes in the result besides its name and data."""
-_MAX_CHANNEL_LINE = 2 * MAX_TOOL_ARGS + 64 * 1024
-"""The longest message the prelude may send: a tool call or a result at its size
-limit, whose JSON text may double when escaped (results are capped at 3 MiB)."""
-_REPLY_BUFFER = 8 * MIB
-_INLINE_JSON = 64 * 1024
-"""Channel lines up to this size are decoded on the event loop; longer ones in a thread."""
 MAX_PENDING_CALLS = 256
 """Tool calls one execution may have outstanding at once."""
 _DRAIN_AFTER_EXIT = 0.5
@@ -114,8 +96,7 @@ class Execution:
         self._workspace_ready = asyncio.Event()
         self._uid: int | None = None
         self._lease: Workspace | None = None
-        self._calls: dict[str, str] = {}  # client call id -> prelude reply id
-        self._channel: asyncio.StreamWriter | None = None
+        self._channel: PreludeChannel | None = None  # set when the run starts
         self._closed = False
 
     # -- what adapters call -------------------------------------------------
@@ -133,10 +114,11 @@ class Execution:
             raise self._abort
 
     async def send_tool_result(self, call_id: str, data: str, error: str) -> None:
-        reply_id = self._calls.pop(call_id, None)
-        if reply_id is None:
+        channel = self._channel
+        reply_id = channel.take_call(call_id) if channel is not None else None
+        if channel is None or reply_id is None:
             raise invalid(f"tool_result for unknown call_id {call_id!r}")
-        await self._reply({"type": "tool_result", "id": reply_id, "data": data, "error": error})
+        await channel.reply({"type": "tool_result", "id": reply_id, "data": data, "error": error})
 
     async def add_file_chunk(self, name: str, data: bytes, eof: bool) -> None:
         declared = self._uploads.get(name)
@@ -285,7 +267,11 @@ class Execution:
                 if self._stop_status is not None:
                     return self._stopped_result(started)
                 raise invalid(f"input files never completed: {', '.join(sorted(self._uploads))}")
-        return await _Run(self, workspace, started).execute()
+        # Kept after the run: a tool result may still arrive for a call it made.
+        self._channel = PreludeChannel(
+            call_prefix=self.execution_id, max_result=self._config.max_result
+        )
+        return await _Run(self, self._channel, workspace, started).execute()
 
     def _stopped_result(self, started: float) -> Result:
         return Result(
@@ -295,24 +281,15 @@ class Execution:
             duration=time.monotonic() - started,
         )
 
-    async def _reply(self, message: dict[str, Any]) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closing():
-            return
-        channel.write(_line(message))
-        # Wait for the code to read only when much is queued: waiting always
-        # would stall the client's next message (a cancel) behind code that
-        # does not read its channel. Outstanding calls are capped, so is this.
-        if channel.transport.get_write_buffer_size() > _REPLY_BUFFER:
-            with contextlib.suppress(ConnectionError):
-                await channel.drain()
-
 
 class _Run:
     """The part of an execution between starting the process and its result."""
 
-    def __init__(self, execution: Execution, workspace: Path, started: float) -> None:
+    def __init__(
+        self, execution: Execution, channel: PreludeChannel, workspace: Path, started: float
+    ) -> None:
         self.ex = execution
+        self.channel = channel
         self.workspace = workspace
         self.started = started
         self.logs = LogCollector(execution._config.max_output)
@@ -320,17 +297,25 @@ class _Run:
         self.output_files: list[str] = []
         self.traceback = ""
         self.protocol_error = ""
-        self.next_call = 0
         self.side_tasks: set[asyncio.Task[None]] = set()
-        # One installer at a time per execution, and only a few waiting: each
-        # installer is a new process tree, so a flood of requests must not fork one each.
-        self.install_lock = asyncio.Lock()
-        self.installs_pending = 0
+        self.installer = Installer(
+            runtime=execution._runtime,
+            config=execution._config,
+            launcher=execution._launcher,
+            workspace=workspace,
+            uid=execution._uid,
+            path=self._path(),
+            start_group=self._start_group,
+            oom_hint=self._session_memory_hint(),
+        )
+
+    def _path(self) -> str:
+        return ":".join([*self.ex._runtime.path_dirs, _BASE_PATH])
 
     def _env(self) -> dict[str, str]:
         runtime = self.ex._runtime
         env = {
-            "PATH": ":".join([*runtime.path_dirs, _BASE_PATH]),
+            "PATH": self._path(),
             "HOME": str(self.workspace),
             "LANG": "C.UTF-8",
             **runtime.env,
@@ -377,22 +362,21 @@ class _Run:
             for fd in theirs:
                 os.close(fd)
         try:
-            reader, writer, read_transport = await _open_channel(to_server[0], to_code[1])
+            await self.channel.open(to_server[0], to_code[1])
         except BaseException:
             await process.kill()
             if group is not None:
                 await group.finish()
             raise
-        ex._channel = writer
         deadline = self.started + ex.timeout
         pumps = [
             asyncio.create_task(self._pump(process.stdout, Stream.STDOUT)),
             asyncio.create_task(self._pump(process.stderr, Stream.STDERR)),
-            asyncio.create_task(self._serve_channel(reader)),
+            asyncio.create_task(self._serve_channel()),
         ]
         try:
-            writer.write(
-                _line(ex._runtime.start_message(ex.spec.code, self.workspace, ex.execution_id))
+            self.channel.send(
+                ex._runtime.start_message(ex.spec.code, self.workspace, ex.execution_id)
             )
             timed_out = await self._wait(process, deadline)
             await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
@@ -401,9 +385,7 @@ class _Run:
                 task.cancel()
             await asyncio.gather(*pumps, *self.side_tasks, return_exceptions=True)
             await process.kill()
-            writer.close()
-            read_transport.close()
-            ex._channel = None
+            self.channel.close()
             if ex._uid is not None and not ex.spec.session_id:
                 # A scratch uid goes back to the pool: nothing of it may outlive the run.
                 await ex._launcher.kill_uid(ex._uid)
@@ -440,28 +422,10 @@ class _Run:
             if live:
                 await self.ex._events.put(LogEvent(kind, live))
 
-    async def _serve_channel(self, reader: asyncio.StreamReader) -> None:
+    async def _serve_channel(self) -> None:
         """Handle the prelude's messages until it closes the channel."""
         try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # no newline within the limit
-                    raise ValueError(
-                        f"a message is larger than {_MAX_CHANNEL_LINE} bytes; set_result values are limited "
-                        f"to {self.ex._config.max_result} bytes: return large data as a file instead"
-                    ) from None
-                if not line:
-                    break
-                # Big lines are decoded off the event loop: one session's megabytes
-                # of JSON must not stall every other session and the health checks.
-                message = (
-                    await asyncio.to_thread(json.loads, line)
-                    if len(line) > _INLINE_JSON
-                    else json.loads(line)
-                )
-                if not isinstance(message, dict):
-                    raise ValueError("a message is not a JSON object")
+            while (message := await self.channel.read()) is not None:
                 await self._handle(message)
         except (ValueError, TypeError, KeyError, RecursionError, asyncio.LimitOverrunError) as exc:
             # RecursionError: a line nested thousands of levels deep (json.loads recurses).
@@ -489,12 +453,11 @@ class _Run:
             self.traceback = _text(_string(message, "message"))
         elif kind == "install":
             reply_id, package = str(message["id"]), str(message["package"])
-            if self.installs_pending >= MAX_PENDING_INSTALLS:
-                error = f"more than {MAX_PENDING_INSTALLS} install_package calls at once; wait for some to finish"
-                await self.ex._reply({"type": "install_result", "id": reply_id, "error": error})
-            else:
-                self.installs_pending += 1
+            if self.installer.reserve():
                 self._spawn(self._install(reply_id, package))
+            else:
+                error = f"more than {MAX_PENDING_INSTALLS} install_package calls at once; wait for some to finish"
+                await self.channel.reply({"type": "install_result", "id": reply_id, "error": error})
         else:
             raise ValueError(f"unknown message type {kind!r}")
 
@@ -502,7 +465,7 @@ class _Run:
         args_json = json.dumps(args if args is not None else {}, separators=(",", ":"))
         size = len(args_json) + len(name.encode(errors="replace"))
         if size > MAX_TOOL_ARGS:
-            await self.ex._reply(
+            await self.channel.reply(
                 {
                     "type": "tool_result",
                     "id": reply_id,
@@ -510,8 +473,8 @@ class _Run:
                 }
             )
             return
-        if len(self.ex._calls) >= MAX_PENDING_CALLS:
-            await self.ex._reply(
+        if self.channel.pending_calls >= MAX_PENDING_CALLS:
+            await self.channel.reply(
                 {
                     "type": "tool_result",
                     "id": reply_id,
@@ -519,9 +482,7 @@ class _Run:
                 }
             )
             return
-        self.next_call += 1
-        call_id = f"{self.ex.execution_id}.{self.next_call}"
-        self.ex._calls[call_id] = reply_id
+        call_id = self.channel.add_call(reply_id)
         await self.ex._events.put(ToolCallEvent(call_id, name, args_json))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -530,68 +491,8 @@ class _Run:
         task.add_done_callback(self.side_tasks.discard)
 
     async def _install(self, reply_id: str, package: str) -> None:
-        ex = self.ex
-        runtime = ex._runtime
-        error = ""
-        try:
-            if not runtime.install_base:
-                raise invalid(f"no package installer is available for {runtime.name}")
-            argv = runtime.install_argv(
-                package, self.workspace, ex._config, ex._launcher.policy.network
-            )
-            async with self.install_lock:
-                error = await self._run_installer(argv)
-        except RequestError as exc:
-            error = exc.message
-        except OSError as exc:  # no network for the installer: it says why
-            error = str(exc)
-        finally:
-            self.installs_pending -= 1
-        await ex._reply({"type": "install_result", "id": reply_id, "error": error})
-
-    async def _run_installer(self, argv: list[str]) -> str:
-        ex = self.ex
-        # Not the request's env: PIP_* and npm_config_* variables would steer
-        # the installer, which has the network even under SANDBOX_NETWORK=none.
-        env = {
-            "PATH": ":".join([*ex._runtime.path_dirs, _BASE_PATH]),
-            "HOME": "/tmp",
-            "LANG": "C.UTF-8",
-        }
-        async with installer_network(ex._launcher.egress, ex._runtime.index_hosts) as network:
-            # The session's caps hold for its installer too.
-            group = await self._start_group()
-            try:
-                process = await ex._launcher.start(
-                    LaunchSpec(
-                        argv=argv,
-                        cwd=self.workspace,
-                        env=env,
-                        uid=ex._uid,
-                        memory=ex._runtime.address_space,
-                        # npm works in a private staging folder under /tmp.
-                        tmp_size=ex._config.limits.workspace_size,
-                        netns_fd=network.fd if network else None,
-                        cgroups=group.folders if group else (),
-                    )
-                )
-            except BaseException:
-                if group is not None:
-                    await group.finish()
-                raise
-            try:
-                out, err = await asyncio.gather(_tail(process.stdout), _tail(process.stderr))
-                code = await process.wait()
-            finally:
-                await process.kill()
-                usage = await group.finish() if group is not None else None
-        if code == 0:
-            return ""
-        text = (err or out).decode(errors="replace").strip()
-        text = text[-2000:] or f"the installer exited with code {code}"
-        if usage is not None and usage.oom_killed:
-            text = f"{self._session_memory_hint()}\n{text}"
-        return text
+        error = await self.installer.install(package)
+        await self.channel.reply({"type": "install_result", "id": reply_id, "error": error})
 
     def _session_memory_hint(self) -> str:
         size = describe_size(self.ex._config.limits.session_memory)
@@ -643,14 +544,13 @@ class _Run:
         files: list[OutputFile] = []
         if self.output_files and status is not Status.CANCELLED:
             # Inline file data shares the result message with everything else.
-            room = (
-                MAX_MESSAGE
-                - _MESSAGE_MARGIN
-                - MAX_ERROR
-                - len(self.output.encode())
-                - len(logs.encode())
+            files, problems = await outputs.collect_files(
+                self.output_files,
+                workspace=self.workspace,
+                limits=ex._config.limits,
+                room=outputs.inline_room(self.output, logs),
+                emit=ex._events.put,
             )
-            files, problems = await self._collect_files(room)
             if problems:
                 error = "\n".join(filter(None, [error, *problems]))
                 if status is Status.OK:
@@ -667,108 +567,12 @@ class _Run:
             cpu_time=usage.cpu_time if usage is not None else 0.0,
         )
 
-    async def _collect_files(self, room: int) -> tuple[list[OutputFile], list[str]]:
-        """Open and send the files given to set_result; `room` is the inline byte budget."""
-        files: list[OutputFile] = []
-        problems: list[str] = []
-        # Normalized before removing duplicates: "a.png", "./a.png" and its
-        # absolute path are one file, sent once.
-        unique: dict[str, None] = {}
-        for wanted in self.output_files:
-            try:
-                name = "/".join(safefs.split_name(safefs.to_workspace_name(self.workspace, wanted)))
-            except safefs.UnsafePath as exc:
-                problems.append(f"output file not returned: {exc}")
-                continue
-            unique[name] = None
-        requested = list(unique)
-        limits = self.ex._config.limits
-        if len(requested) > limits.output_files:
-            problems.append(
-                f"{len(requested)} output files were listed; only the first {limits.output_files} "
-                "are returned (SANDBOX_MAX_OUTPUT_FILES)"
-            )
-            del requested[limits.output_files :]
-        total_left = limits.output_size
-        for name in requested:
-            try:
-                fd, size = await asyncio.to_thread(safefs.open_regular_file, self.workspace, name)
-            except safefs.UnsafePath as exc:
-                problems.append(f"output file not returned: {exc}")
-                continue
-            if size > total_left:
-                os.close(fd)
-                problems.append(
-                    f"output file not returned: {name!r} is {size} bytes and the returned files may "
-                    f"total at most {describe_size(limits.output_size)} (SANDBOX_MAX_OUTPUT_SIZE)"
-                )
-                continue
-            total_left -= size
-            room -= len(name.encode()) + _FILE_ENTRY
-            # Wraps an fd that is already open: nothing here blocks.
-            with open(fd, "rb", closefd=True) as handle:  # noqa: ASYNC230
-                file = await self._send_file(name, handle, size, inline=min(FILE_CHUNK, room))
-            files.append(file)
-            room -= len(file.data or b"")
-        return files, problems
-
-    async def _send_file(self, name: str, handle: Any, size: int, *, inline: int) -> OutputFile:
-        """Inline when the file fits `inline` bytes, else as FileChunkEvents before the result."""
-        first = await asyncio.to_thread(handle.read, min(size, FILE_CHUNK))
-        mime = guess_mime(name, first[:512])
-        if size <= inline:
-            return OutputFile(name=name, mime=mime, size=len(first), data=first)
-        sent = len(first)
-        chunk = first
-        while True:
-            # Never more than `size` bytes: the file may still be growing.
-            following = await asyncio.to_thread(handle.read, min(FILE_CHUNK, size - sent))
-            await self.ex._events.put(FileChunkEvent(name, chunk, eof=not following))
-            if not following:
-                break
-            chunk = following
-            sent += len(following)
-        return OutputFile(name=name, mime=mime, size=sent)
-
-
-async def _open_channel(
-    read_fd: int, write_fd: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.ReadTransport]:
-    """Asyncio streams over the server's ends of the two channel pipes."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=_MAX_CHANNEL_LINE)
-    read_pipe, write_pipe = _pipe_files(read_fd, write_fd)
-    read_transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), read_pipe
-    )
-    write_transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, write_pipe
-    )
-    return reader, asyncio.StreamWriter(write_transport, protocol, None, loop), read_transport
-
-
-def _pipe_files(read_fd: int, write_fd: int) -> tuple[Any, Any]:
-    """Unbuffered file objects owning the fds, as the event loop's pipe transports want them."""
-    return os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0)
-
-
-async def _tail(stream: asyncio.StreamReader, keep: int = 64 * 1024) -> bytes:
-    """The last `keep` bytes of a stream, read to its end in bounded memory."""
-    kept = b""
-    while chunk := await stream.read(64 * 1024):
-        kept = (kept + chunk)[-keep:]
-    return kept
-
 
 def _string(message: dict[str, Any], key: str) -> str:
     value = message[key]
     if not isinstance(value, str):
         raise TypeError(f"{key!r} must be a string")
     return value
-
-
-def _line(message: dict[str, Any]) -> bytes:
-    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
 
 
 def _text(value: Any) -> str:
