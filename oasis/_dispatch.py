@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._calls import call_off_loop
 from ._types import Dispatch, DispatchResult, ToolCall
 
 
@@ -35,12 +36,7 @@ def tool_dispatcher(tools: Mapping[str, Callable[..., Any]]) -> Dispatch:
                 content=f"unknown tool {call.name!r}; known tools: {known}", is_error=True
             )
         try:
-            if inspect.iscoroutinefunction(fn):
-                value = await fn(**call.args)
-            else:
-                value = await asyncio.to_thread(fn, **call.args)
-                if inspect.isawaitable(value):
-                    value = await value
+            value = await call_off_loop(fn, **call.args)
         except Exception as exc:
             return DispatchResult(content=str(exc) or type(exc).__name__, is_error=True)
         return _reply(call.name, value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class Status(enum.Enum):
@@ -97,7 +97,18 @@ class LogChunk:
     data: bytes
 
 
+@runtime_checkable
 class CodeRunner(Protocol):
-    """Anything that runs code and routes its tool calls to `dispatch`."""
+    """Anything that runs code and routes its tool calls to `dispatch`.
 
-    async def run(self, request: CodeRequest, dispatch: Dispatch) -> CodeResult: ...
+    GrpcRunner and HTTPRunner satisfy it; so does the scripted double in
+    `oasis.agent.providers`. The agent layer depends on this and nothing else.
+    """
+
+    async def run(self, request: CodeRequest, dispatch: Dispatch) -> CodeResult:
+        """Run the code to its end; tool calls go to `dispatch` meanwhile."""
+        ...
+
+    async def delete_workspace(self, session_id: str) -> bool:
+        """Remove a session's workspace; False when there was none."""
+        ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import inspect
@@ -11,6 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
+from .._calls import call_off_loop
 from ..errors import ToolError
 from ._errors import AgentDefinitionError
 from ._messages import ToolDefinition
@@ -60,7 +60,6 @@ class FunctionTool(Generic[P, R]):
                 "or pass @tool(description=...); the LLM reads it to decide when to call the tool"
             )
         self.parameters, _ = function_schema(function, self.name)
-        self._is_async = inspect.iscoroutinefunction(function)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -80,15 +79,7 @@ class FunctionTool(Generic[P, R]):
         missing = [p for p in self.parameters["required"] if p not in args]
         if missing:
             raise ToolError(f"missing required argument(s): {', '.join(map(repr, missing))}")
-        function: Callable[..., Any] = self.function
-        if self._is_async:
-            result = await function(**args)
-        else:
-            # Sync tools (database, HTTP, files) must not block the event loop.
-            result = await asyncio.to_thread(functools.partial(function, **args))
-            if inspect.isawaitable(result):
-                result = await result
-        return result
+        return await call_off_loop(self.function, **args)
 
 
 @overload

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar, Unpack, cast
 
+from .._calls import call_off_loop
 from .._dispatch import Tools, as_dispatch
 from .._types import CodeRequest, CodeResult, Dispatch, DispatchResult, LogChunk, ToolCall
 from ._grpc import GrpcOptions, GrpcRunner
@@ -126,9 +127,7 @@ def _adapt(dispatch: SyncDispatch | Tools) -> Dispatch:
         return checked
 
     async def threaded(call: ToolCall) -> DispatchResult:
-        reply = await asyncio.to_thread(checked, call)
-        if inspect.isawaitable(reply):
-            reply = await reply
+        reply: DispatchResult = await call_off_loop(checked, call)
         return reply
 
     return threaded
