@@ -10,7 +10,6 @@ agents, each seen as a tool `agent_<name>`.
 
 from ._agent import LLMAgent, Network
 from ._builtins import EXECUTE_CODE, EXECUTE_PLAN, MAX_PLAN_STEPS
-from ._core import Agent, EventHandler
 from ._errors import AgentDefinitionError, AgentError, ProviderError, ScriptExhausted
 from ._messages import (
     AssistantMessage,
@@ -25,10 +24,12 @@ from ._messages import (
     UserMessage,
 )
 from ._results import (
+    Agent,
     AgentEvent,
     AgentResult,
     AgentTask,
     Attachment,
+    EventHandler,
     ModelResponded,
     Step,
     StepFinished,

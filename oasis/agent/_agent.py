@@ -6,10 +6,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._types import CodeRunner
-from ._core import Agent, AgentSpec, EventHandler, Run, Toolset, check_common
+from ._core import AgentSpec, Run
+from ._errors import AgentDefinitionError
 from ._messages import Provider, ToolDefinition
-from ._results import AgentResult, AgentTask
+from ._results import Agent, AgentResult, AgentTask, EventHandler
 from ._tools import Tool
+from ._toolset import Toolset
 
 DEFAULT_MAX_ITERATIONS = 10
 DEFAULT_MAX_CODE_LOGS = 8000
@@ -40,12 +42,16 @@ class _SpecAgent:
             description=description,
             provider=provider,
             toolset=Toolset.build(
-                owner, tools, agents=agents, code_runner=code_runner, plan_execution=plan_execution
+                owner,
+                tools,
+                agents=agents,
+                code_runner=code_runner,
+                code_timeout=code_timeout,
+                max_code_logs=max_code_logs,
+                plan_execution=plan_execution,
             ),
             prompt=prompt,
             max_iterations=max_iterations,
-            code_timeout=code_timeout,
-            max_code_logs=max_code_logs,
         )
 
     @property
@@ -149,3 +155,21 @@ class Network(_SpecAgent):
 
     def __repr__(self) -> str:
         return f"Network({self.name!r}, agents={[a.name for a in self.agents]})"
+
+
+def check_common(
+    owner: str, name: str, description: str, provider: object, max_iterations: int
+) -> None:
+    """Construction-time checks shared by LLMAgent and Network."""
+    if not isinstance(name, str) or not name.strip():
+        raise AgentDefinitionError("an agent needs a non-empty name")
+    if not isinstance(description, str):
+        raise AgentDefinitionError(f"{owner}: description must be a string")
+    if not callable(getattr(provider, "request", None)):
+        raise AgentDefinitionError(
+            f"{owner}: provider {provider!r} has no request(messages, tools) method"
+        )
+    if not isinstance(max_iterations, int) or max_iterations < 1:
+        raise AgentDefinitionError(
+            f"{owner}: max_iterations must be a positive whole number, got {max_iterations!r}"
+        )

@@ -4,7 +4,7 @@
     +-- AgentError                the agent layer's root
         +-- AgentDefinitionError  developer misuse, raised when an agent or tool is built
         +-- ProviderError         the LLM provider failed (HTTP status kept when known)
-            +-- ScriptExhausted   a ScriptedProvider has no response left
+            +-- ScriptExhausted   a scripted double (provider or runner) has no answer left
 
 A tool that fails is not an exception of the run: the LLM sees the error as the
 tool's answer and may correct itself. Raise `oasis.ToolError` from a tool to
@@ -34,4 +34,8 @@ class ProviderError(AgentError):
 
 
 class ScriptExhausted(ProviderError):
-    """A ScriptedProvider was asked for more responses than it was given."""
+    """A ScriptedProvider (or ScriptedRunner) was asked for more answers than it was given.
+
+    A ProviderError because the provider is the double it was made for; a
+    ScriptedRunner raises it too, and the run shows it to the LLM as a tool error.
+    """

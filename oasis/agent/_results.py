@@ -1,12 +1,12 @@
-"""An agent's task and result, with the steps and files it produced."""
+"""An agent's task and result, with the steps and files it produced; the Agent protocol."""
 
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._types import CodeFile
 from ._messages import Message, ModelResponse, Usage
@@ -128,3 +128,20 @@ class ModelResponded:
 
 
 AgentEvent = StepStarted | StepFinished | ModelResponded
+
+EventHandler = Callable[[AgentEvent], None]
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """Anything a Network can delegate to: LLMAgent, or another Network."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    async def execute(
+        self, task: AgentTask, *, on_event: EventHandler | None = None
+    ) -> AgentResult: ...

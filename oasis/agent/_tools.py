@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from .._calls import call_off_loop
-from ..errors import ToolError
 from ._errors import AgentDefinitionError
 from ._messages import ToolDefinition
-from ._schema import function_schema, parse_docstring
+from ._schema import ToolArguments, parse_docstring
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,7 +58,8 @@ class FunctionTool(Generic[P, R]):
                 f"tool {self.name!r} has no description: give the function a docstring "
                 "or pass @tool(description=...); the LLM reads it to decide when to call the tool"
             )
-        self.parameters, _ = function_schema(function, self.name)
+        self.arguments = ToolArguments.of(function, self.name)
+        self.parameters = self.arguments.schema
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -68,18 +68,12 @@ class FunctionTool(Generic[P, R]):
         return f"FunctionTool({self.name!r})"
 
     async def call(self, args: dict[str, Any]) -> Any:
-        """Check the argument names, then run the function (sync ones in a worker thread)."""
-        known = self.parameters["properties"]
-        unexpected = sorted(set(args) - set(known))
-        if unexpected:
-            raise ToolError(
-                f"unexpected argument(s) {', '.join(map(repr, unexpected))}; "
-                f"{self.name} takes: {', '.join(known) or 'no arguments'}"
-            )
-        missing = [p for p in self.parameters["required"] if p not in args]
-        if missing:
-            raise ToolError(f"missing required argument(s): {', '.join(map(repr, missing))}")
-        return await call_off_loop(self.function, **args)
+        """Validate the arguments against the signature, then run the function.
+
+        Sync functions run in a worker thread. Arguments that do not fit raise
+        ToolError, naming each one, and the function is not called.
+        """
+        return await call_off_loop(self.function, **self.arguments.validate(args))
 
 
 @overload
@@ -101,9 +95,11 @@ def tool(
 ) -> FunctionTool[P, R] | Callable[[Callable[P, R]], FunctionTool[P, R]]:
     """Turn a typed function into a tool: `@tool` or `@tool(name=..., description=...)`.
 
-    The parameters' JSON Schema comes from the type hints (str, int, float, bool,
-    list, dict, Literal, Enum, TypedDict, Optional, unions) and defaults; the
-    description from the docstring, with per-parameter text from its `Args:` section.
+    The parameters' JSON Schema and the check of each call's arguments come from
+    the type hints and defaults, through pydantic (any type it validates: str,
+    int, list, dict, Literal, Enum, Optional, unions, models, dataclasses,
+    TypedDicts); the description from the docstring, with per-parameter text
+    from its `Args:` section or `Annotated[T, "text"]`.
     """
     if function is not None:
         return FunctionTool(function, name=name, description=description)
@@ -123,6 +119,20 @@ def check_tool_name(name: str) -> None:
 
 def definition(t: Tool) -> ToolDefinition:
     return ToolDefinition(name=t.name, description=t.description, parameters=t.parameters)
+
+
+def truncate(text: str, limit: int) -> str:
+    """Keep the head of `text`, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def tail(text: str, limit: int) -> str:
+    """Keep the end of `text` (where errors are), saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"[{len(text) - limit} earlier characters cut] ..." + text[-limit:]
 
 
 def result_text(value: Any) -> str:

@@ -1,9 +1,11 @@
-"""execute_code through a real sandbox server, in both runtimes, and networks of agents."""
+"""execute_code through a real sandbox server, in both runtimes.
+
+The agent's own logic around code (and networks) is tested with a ScriptedRunner in test_builtins.py.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -11,9 +13,6 @@ from oasis.agent import (
     AgentTask,
     Attachment,
     LLMAgent,
-    Message,
-    Network,
-    ToolDefinition,
     ToolMessage,
     tool,
 )
@@ -201,93 +200,6 @@ async def test_session_id_keeps_the_workspace_across_tasks(runner: GrpcRunner) -
     await agent.execute(AgentTask(input="save", session_id="agent-test-session"))
     await agent.execute(AgentTask(input="read", session_id="agent-test-session"))
     assert last_answer(provider, 3).content.startswith("Result: 42")
-
-
-@tool
-def convert(amount: float, rate: float) -> float:
-    """Convert an amount at an exchange rate."""
-    return round(amount * rate, 2)
-
-
-async def test_network_delegates_to_two_agents(runner: GrpcRunner) -> None:
-    def quote_tool(messages: Sequence[Message], tools: Sequence[ToolDefinition]) -> str:
-        answer = messages[-1]
-        assert isinstance(answer, ToolMessage)
-        return f"sub-answer: {answer.content}"
-
-    sales_provider = ScriptedProvider(
-        [tool_calls(("get_orders", {"customer_id": "c1"})), quote_tool]
-    )
-    finance_provider = ScriptedProvider(
-        [tool_calls(("convert", {"amount": 200.5, "rate": 2})), quote_tool]
-    )
-    sales = LLMAgent("sales", "Knows orders.", sales_provider, tools=[get_orders])
-    finance = LLMAgent("finance", "Converts money.", finance_provider, tools=[convert])
-
-    def summarize(messages: Sequence[Message], tools: Sequence[ToolDefinition]) -> str:
-        answers = [m.content for m in messages if isinstance(m, ToolMessage)]
-        return " | ".join(answers)
-
-    router = ScriptedProvider(
-        [
-            tool_calls(
-                ("agent_sales", {"input": "orders of c1"}),
-                ("agent_finance", {"input": "convert 200.5 at 2"}),
-            ),
-            summarize,
-        ]
-    )
-    network = Network("company", "Routes questions.", router, agents=[sales, finance])
-    result = await network.execute("What did c1 order, and what is 200.5 at rate 2?")
-
-    assert result.output == "sub-answer: [120.0, 80.5] | sub-answer: 401.0"
-    assert [t.name for t in router.requests[0].tools] == ["agent_sales", "agent_finance"]
-    assert "orders of c1" in sales_provider.requests[0].messages[1].content  # type: ignore[union-attr]
-    assert result.usage.requests == 2 + 2 + 2
-    assert {(s.agent, s.name, s.type) for s in result.steps} == {
-        ("company", "agent_sales", "agent"),
-        ("company", "agent_finance", "agent"),
-        ("sales", "get_orders", "tool"),
-        ("finance", "convert", "tool"),
-    }
-
-
-async def test_code_run_by_a_network_calls_agent_and_regular_tools(runner: GrpcRunner) -> None:
-    def quote(messages: Sequence[Message], tools: Sequence[ToolDefinition]) -> str:
-        answer = messages[-1]
-        assert isinstance(answer, ToolMessage)
-        return answer.content
-
-    sales = LLMAgent(
-        "sales",
-        "Knows orders.",
-        ScriptedProvider([tool_calls(("get_orders", {"customer_id": "c1"})), quote]),
-        tools=[get_orders],
-    )
-    code = """
-orders = call_tool('agent_sales', {'input': 'orders of c1 as a JSON list'})
-customer = call_tool('get_customer', {'customer_id': 'c1'})
-set_result({'who': customer['name'], 'orders': orders, 'count': len(orders)})
-"""
-    router = ScriptedProvider([code_call(code), "done"])
-    network = Network(
-        "company", "Routes.", router, agents=[sales], tools=[get_customer], code_runner=runner
-    )
-    result = await network.execute("Summarize c1")
-
-    answer = last_answer(router)
-    assert not answer.is_error, answer.content
-    assert json.loads(answer.content.split("\n")[0].removeprefix("Result: ")) == {
-        "who": "Ada",
-        "orders": [120.0, 80.5],
-        "count": 2,
-    }
-    assert [(s.agent, s.name, s.source) for s in result.steps] == [
-        ("company", "execute_code", "llm"),
-        ("company", "agent_sales", "code"),
-        ("sales", "get_orders", "llm"),
-        ("company", "get_customer", "code"),
-    ]
 
 
 async def test_a_tasks_executions_share_a_private_workspace_deleted_at_the_end(

@@ -1,15 +1,28 @@
-"""@tool schemas from type hints, and developer misuse caught when agents are built."""
+"""@tool schemas and argument checks from type hints, and developer misuse caught when agents are built."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from typing import Annotated, Any, Literal, Optional, TypedDict
+import sys
+import typing
+from typing import Annotated, Any, Literal, Optional
 
+import pydantic
 import pytest
+from typing_extensions import TypedDict
 
 import oasis
-from oasis.agent import AgentDefinitionError, FunctionTool, LLMAgent, Network, Tool, tool
-from oasis.agent.providers import ScriptedProvider
+from oasis.agent import (
+    AgentDefinitionError,
+    FunctionTool,
+    LLMAgent,
+    Network,
+    Tool,
+    ToolMessage,
+    tool,
+)
+from oasis.agent.providers import ScriptedProvider, ScriptedRunner, tool_calls
 
 
 class Color(enum.Enum):
@@ -17,9 +30,17 @@ class Color(enum.Enum):
     BLUE = "blue"
 
 
-class Point(TypedDict):
+class Point(TypedDict):  # typing_extensions': pydantic refuses typing's before Python 3.12
     x: float
     y: float
+
+
+class Opaque:
+    """An arbitrary class: pydantic cannot validate it from JSON."""
+
+
+class Pair(typing.TypedDict):
+    a: int
 
 
 def test_schema_from_hints_defaults_and_docstring() -> None:
@@ -132,8 +153,8 @@ def test_tool_definition_errors() -> None:
     def star(*values: int) -> None:
         """Star."""
 
-    def weird(x: complex) -> None:
-        """Complex."""
+    def weird(x: Opaque) -> None:
+        """An arbitrary class: pydantic cannot validate it from JSON."""
 
     with pytest.raises(AgentDefinitionError, match="no description"):
         tool(undocumented)
@@ -141,8 +162,15 @@ def test_tool_definition_errors() -> None:
         tool(untyped)
     with pytest.raises(AgentDefinitionError, match=r"\*values is not supported"):
         tool(star)
-    with pytest.raises(AgentDefinitionError, match="no JSON Schema"):
+    with pytest.raises(AgentDefinitionError, match=r"parameter 'x'.*no JSON Schema"):
         tool(weird)
+    if sys.version_info < (3, 12):
+
+        def pairs(p: Pair) -> None:
+            """typing.TypedDict."""
+
+        with pytest.raises(AgentDefinitionError, match=r"parameter 'p'.*typing_extensions"):
+            tool(pairs)
     with pytest.raises(AgentDefinitionError, match="invalid"):
         tool(name="has space", description="d")(undocumented)
 
@@ -169,8 +197,10 @@ def test_agent_rejects_duplicate_and_reserved_tool_names() -> None:
         _agent(max_iterations=0)
     with pytest.raises(AgentDefinitionError, match="no request"):
         LLMAgent("a", "d", object())  # type: ignore[arg-type]
-    with pytest.raises(AgentDefinitionError, match="no run"):
+    with pytest.raises(AgentDefinitionError, match="not a CodeRunner"):
         _agent(code_runner=object())
+    with pytest.raises(AgentDefinitionError, match="not a CodeRunner"):
+        _agent(code_runner=_RunOnly())
 
 
 def test_plain_functions_are_wrapped_and_builtins_offered() -> None:
@@ -178,7 +208,7 @@ def test_plain_functions_are_wrapped_and_builtins_offered() -> None:
         """The local time in a city."""
         return "12:00"
 
-    agent = _agent(tools=[local_time, lookup], code_runner=_NoRunner(), plan_execution=True)
+    agent = _agent(tools=[local_time, lookup], code_runner=ScriptedRunner(), plan_execution=True)
     names = [d.name for d in agent.tool_definitions]
     assert names == ["local_time", "lookup", "execute_code", "execute_plan"]
     code = agent.tool_definitions[2]
@@ -218,6 +248,186 @@ def test_network_rejects_duplicate_and_unusable_agent_names() -> None:
     assert [d.name for d in net.tool_definitions] == ["lookup", "agent_a"]
 
 
-class _NoRunner:
+class _RunOnly:
+    """A runner without delete_workspace is not a CodeRunner."""
+
     async def run(self, request: oasis.CodeRequest, dispatch: oasis.Dispatch) -> oasis.CodeResult:
         raise AssertionError("not used")
+
+
+# Argument validation, through the agent loop: what the LLM sees when it gets them wrong.
+
+
+class Shipment(pydantic.BaseModel):
+    sku: str
+    quantity: int
+
+
+@dataclasses.dataclass
+class Address:
+    city: str
+    zip: str = ""
+
+
+class Node(pydantic.BaseModel):
+    """A recursive type: its schema keeps a $ref."""
+
+    name: str
+    children: list[Node] = []
+
+
+def answers(provider: ScriptedProvider, request: int = 1) -> list[ToolMessage]:
+    return [m for m in provider.requests[request].messages if isinstance(m, ToolMessage)]
+
+
+async def test_wrong_missing_and_unexpected_arguments_are_tool_errors_and_skip_the_call() -> None:
+    called: list[tuple[int, int]] = []
+
+    @tool
+    def add(a: int, b: int = 1) -> int:
+        """Add two whole numbers."""
+        called.append((a, b))
+        return a + b
+
+    provider = ScriptedProvider(
+        [
+            tool_calls(
+                ("add", {"a": "x"}),
+                ("add", {"b": 2}),
+                ("add", {"a": 1, "c": 2}),
+                ("add", {"b": [1], "c": 1}),
+            ),
+            "done",
+        ]
+    )
+    result = await LLMAgent("m", "maths", provider, tools=[add]).execute("add")
+
+    wrong, missing, unexpected, several = answers(provider)
+    assert all(a.is_error for a in (wrong, missing, unexpected, several))
+    assert called == []  # the function never ran
+    assert wrong.content == (
+        "add was not called, its arguments are invalid:\n"
+        "- argument 'a': Input should be a valid integer, "
+        "unable to parse string as an integer (got 'x')"
+    )
+    assert missing.content.endswith("- missing required argument(s): 'a'")
+    assert unexpected.content.endswith("- unexpected argument(s) 'c'; add takes: a, b")
+    assert several.content.splitlines()[1:] == [
+        "- unexpected argument(s) 'c'; add takes: a, b",
+        "- missing required argument(s): 'a'",
+        "- argument 'b': Input should be a valid integer (got [1])",
+    ]
+    assert [s.is_error for s in result.steps] == [True] * 4
+
+
+async def test_correct_calls_reach_sync_and_async_tools_with_lax_coercion() -> None:
+    @tool
+    def add(a: int, b: int = 1) -> int:
+        """Add two whole numbers."""
+        return a + b
+
+    @tool
+    async def shout(text: str, times: int = 1) -> str:
+        """Upper-case a text."""
+        return text.upper() * times
+
+    provider = ScriptedProvider(
+        [
+            tool_calls(
+                ("add", {"a": 2, "b": 3}),
+                ("add", {"a": "40"}),  # lax: a numeric string is an int
+                ("shout", {"text": "hi", "times": 2}),
+                ("shout", {"text": 5}),  # but a number is not a string
+            ),
+            "done",
+        ]
+    )
+    await LLMAgent("m", "maths", provider, tools=[add, shout]).execute("go")
+
+    assert [(a.content, a.is_error) for a in answers(provider)[:3]] == [
+        ("5", False),
+        ("41", False),
+        ("HIHI", False),
+    ]
+    refused = answers(provider)[3]
+    assert refused.is_error and "argument 'text': Input should be a valid string" in refused.content
+
+
+async def test_models_dataclasses_literals_and_optionals_are_validated_and_converted() -> None:
+    received: list[dict[str, Any]] = []
+
+    @tool
+    def ship(
+        shipment: Shipment,
+        to: Address,
+        mode: Literal["air", "sea"] = "sea",
+        note: str | None = None,
+        color: Color = Color.RED,
+    ) -> str:
+        """Ship goods.
+
+        Args:
+            shipment: What to ship.
+        """
+        received.append(dict(shipment=shipment, to=to, mode=mode, note=note, color=color))
+        return "shipped"
+
+    props = ship.parameters["properties"]
+    assert props["shipment"] == {
+        "type": "object",
+        "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}},
+        "required": ["sku", "quantity"],
+        "description": "What to ship.",
+    }
+    assert props["to"]["properties"]["zip"] == {"type": "string", "default": ""}
+    assert props["note"] == {"type": ["string", "null"], "default": None}
+    assert "$defs" not in ship.parameters
+
+    good = {"shipment": {"sku": "A-1", "quantity": "3"}, "to": {"city": "Oslo"}}
+    provider = ScriptedProvider(
+        [
+            tool_calls(
+                ("ship", {**good, "mode": "air", "note": None, "color": "blue"}),
+                ("ship", {**good, "mode": "rail"}),
+                ("ship", {"shipment": {"sku": "A-1", "quantity": "many"}, "to": {}}),
+                ("ship", {**good, "note": ["not", "text"]}),
+            ),
+            "done",
+        ]
+    )
+    await LLMAgent("s", "ships", provider, tools=[ship]).execute("ship it")
+
+    ok, bad_mode, nested, bad_note = answers(provider)
+    assert (ok.content, ok.is_error) == ("shipped", False)
+    assert received == [
+        {
+            "shipment": Shipment(sku="A-1", quantity=3),
+            "to": Address(city="Oslo"),
+            "mode": "air",
+            "note": None,
+            "color": Color.BLUE,
+        }
+    ]
+    assert bad_mode.is_error and "argument 'mode': Input should be 'air' or 'sea'" in (
+        bad_mode.content
+    )
+    assert nested.is_error
+    assert "argument 'shipment.quantity': Input should be a valid integer" in nested.content
+    assert "argument 'to.city': Field required" in nested.content
+    assert bad_note.is_error and "argument 'note'" in bad_note.content
+    assert len(received) == 1
+
+
+def test_recursive_types_keep_their_definitions() -> None:
+    @tool
+    def plant(tree: Node) -> None:
+        """Plant a tree."""
+
+    schema = plant.parameters
+    assert schema["properties"]["tree"]["properties"]["children"] == {
+        "type": "array",
+        "items": {"$ref": "#/$defs/Node"},
+        "default": [],
+    }
+    assert set(schema["$defs"]) == {"Node"}
+    assert "title" not in str(schema)
