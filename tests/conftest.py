@@ -14,6 +14,7 @@ from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_server import config as config_module
 from sandbox_server.server import SandboxServer
 
+from .fake_openai import FakeOpenAI, fake_openai_server
 from .pki import Pki, make_pki
 from .sandbox_client import SandboxClient
 
@@ -87,3 +88,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl CLI")
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    """A fake OpenAI-compatible chat server on loopback, answering from `fake.replies`."""
+    async with fake_openai_server() as server:
+        yield server

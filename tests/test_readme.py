@@ -20,8 +20,8 @@ from pathlib import Path
 
 from sandbox_server.server import SandboxServer
 
-from .agent.test_openai import FakeOpenAI, completion, fake  # noqa: F401 - the fixture
 from .conftest import REPO
+from .fake_openai import FakeOpenAI, completion
 
 README = (REPO / "README.md").read_text()
 FENCED = re.findall(r"^```(\w*)\n(.*?)^```$", README, flags=re.S | re.M)
@@ -100,7 +100,7 @@ async def test_sync_dispatch_example(server: SandboxServer, tmp_path: Path) -> N
     assert out.strip() == ("Status.OK {'id': 7, 'name': 'Ada'} [('report.txt', b'Ada: likes tea')]")
 
 
-async def test_agent_quick_start(server: SandboxServer, fake: FakeOpenAI, tmp_path: Path) -> None:  # noqa: F811
+async def test_agent_quick_start(server: SandboxServer, fake: FakeOpenAI, tmp_path: Path) -> None:
     """The agent example with a real OpenAI SDK talking to a fake model that writes code."""
     code = (
         "temps = call_tools_parallel([('get_weather', {'city': c}) for c in ['Rome', 'Oslo']])\n"
