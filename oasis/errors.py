@@ -22,12 +22,19 @@ class OasisError(Exception):
 
 
 class SandboxError(OasisError):
-    """A request to the sandbox failed; `code` is the gRPC status name (or HTTP status)."""
+    """A request to the sandbox failed.
 
-    def __init__(self, message: str, *, code: str = "UNKNOWN") -> None:
+    `code` is a gRPC status name ("RESOURCE_EXHAUSTED") for both runners;
+    `http_status` is the HTTP status when the failure came as an HTTP answer.
+    """
+
+    def __init__(
+        self, message: str, *, code: str = "UNKNOWN", http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http_status = http_status
 
 
 class InvalidRequest(SandboxError):

@@ -13,14 +13,14 @@ import json
 import os
 from typing import Any
 
-from .config import MIB
+from oasis.code._wire import MiB
 
-MAX_TOOL_ARGS = 3 * MIB
+MAX_TOOL_ARGS = 3 * MiB
 """A tool call's name and arguments must fit one gRPC message."""
 MAX_CHANNEL_LINE = 2 * MAX_TOOL_ARGS + 64 * 1024
 """The longest message the prelude may send: a tool call or a result at its size
 limit, whose JSON text may double when escaped (results are capped at 3 MiB)."""
-_REPLY_BUFFER = 8 * MIB
+_REPLY_BUFFER = 8 * MiB
 _INLINE_JSON = 64 * 1024
 """Lines up to this size are decoded on the event loop; longer ones in a thread."""
 

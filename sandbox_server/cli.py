@@ -1,18 +1,19 @@
-"""The `oasis-sandbox` command: `serve` runs the service."""
+"""The `oasis-sandbox` command: a thin dispatcher.
+
+`exec` and `demo` are client commands (`oasis.cli.exec`, `oasis.demo`); the
+server's modules are imported only when `serve` runs, so the client commands
+never load the service (and `serve` never depends on how they are built).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
 from oasis import demo as demo_command
+from oasis.cli import exec as exec_command
 
-from . import __version__, exec_command, logs_ratelimit, settings
-from . import config as config_module
-from .errors import StartError
-from .server import serve
+from . import __version__, settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,16 +36,24 @@ def main(argv: list[str] | None = None) -> int:
         return exec_command.run(args)
     if args.command == "demo":
         return demo_command.run(args)
+    return _serve()
+
+
+def _serve() -> int:
+    import asyncio
+    import logging
+
+    from . import config, logs_ratelimit
+    from .errors import StartError
+    from .server import serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logs_ratelimit.install()  # a fault that repeats fast must not flood the log
-    if args.command == "serve":
-        try:
-            config = config_module.load()
-            asyncio.run(serve(config))
-        except (StartError, OSError) as exc:  # OSError: e.g. SANDBOX_ADDR cannot be bound
-            print(f"oasis-sandbox: {exc}", file=sys.stderr)
-            return 2
+    try:
+        asyncio.run(serve(config.load()))
+    except (StartError, OSError) as exc:  # OSError: e.g. SANDBOX_ADDR cannot be bound
+        print(f"oasis-sandbox: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from oasis._net import host_port
+from oasis.code._wire import KiB, MiB
+
 from .errors import StartError
 from .isolation import Level, Limits, Network
-
-KIB = 1024
-MIB = 1024 * KIB
 
 
 class ConfigError(StartError):
@@ -42,9 +42,9 @@ class Config:
     """Executions running at once; one more is refused (no queueing)."""
     session_ttl: float = 3600.0
     """Seconds an idle session workspace is kept."""
-    max_output: int = 512 * KIB
+    max_output: int = 512 * KiB
     """Bytes of logs kept (and streamed) per execution."""
-    max_result: int = 2 * MIB
+    max_result: int = 2 * MiB
     """Bytes of the JSON value given to set_result."""
     default_timeout: float = 30.0
     max_timeout: float = 300.0
@@ -63,7 +63,7 @@ class Config:
     network_deny: tuple[ipaddress.IPv4Network, ...] = ()
     """SANDBOX_NETWORK_DENY: more ranges the code never reaches (a container's outer host)."""
     limits: Limits = field(default_factory=Limits)
-    max_code_size: int = 1 * MIB
+    max_code_size: int = 1 * MiB
     max_input_files: int = 100
     max_sessions: int = 256
     """Named sessions that may exist at once; one more is refused (RESOURCE_EXHAUSTED)."""
@@ -85,8 +85,8 @@ class Config:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": KIB, "kb": KIB, "kib": KIB, "m": MIB, "mb": MIB, "mib": MIB}
-_SIZE_UNITS.update({"g": 1024 * MIB, "gb": 1024 * MIB, "gib": 1024 * MIB})
+_SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
+_SIZE_UNITS.update({"g": 1024 * MiB, "gb": 1024 * MiB, "gib": 1024 * MiB})
 
 
 def parse_duration(text: str) -> float:
@@ -144,7 +144,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
     max_output = parsed("SANDBOX_MAX_OUTPUT", parse_size, minimum=1, default=Config.max_output)
     max_result = parsed("SANDBOX_MAX_RESULT", parse_size, minimum=1, default=Config.max_result)
-    if max_output + max_result > 3 * MIB:
+    if max_output + max_result > 3 * MiB:
         # Both travel in the final result message, which must stay under 4 MiB.
         raise ConfigError(
             "SANDBOX_MAX_OUTPUT + SANDBOX_MAX_RESULT: together they must not exceed 3MiB"
@@ -166,7 +166,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
     limits = Limits(
         cpu_time=parsed("SANDBOX_CPU_TIME", parse_duration, minimum=1, default=Limits.cpu_time),
-        memory=parsed("SANDBOX_MEMORY", parse_size, minimum=64 * MIB, default=Limits.memory),
+        memory=parsed("SANDBOX_MEMORY", parse_size, minimum=64 * MiB, default=Limits.memory),
         processes=parsed(
             "SANDBOX_MAX_PROCESSES", positive_int, minimum=8, default=Limits.processes
         ),
@@ -174,15 +174,15 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             "SANDBOX_MAX_OPEN_FILES", positive_int, minimum=64, default=Limits.open_files
         ),
         file_size=parsed(
-            "SANDBOX_MAX_FILE_SIZE", parse_size, minimum=MIB, default=Limits.file_size
+            "SANDBOX_MAX_FILE_SIZE", parse_size, minimum=MiB, default=Limits.file_size
         ),
         workspace_size=parsed(
-            "SANDBOX_WORKSPACE_SIZE", parse_size, minimum=MIB, default=Limits.workspace_size
+            "SANDBOX_WORKSPACE_SIZE", parse_size, minimum=MiB, default=Limits.workspace_size
         ),
         workspace_files=parsed(
             "SANDBOX_WORKSPACE_FILES", positive_int, minimum=100, default=Limits.workspace_files
         ),
-        tmp_size=parsed("SANDBOX_TMP_SIZE", parse_size, minimum=MIB, default=Limits.tmp_size),
+        tmp_size=parsed("SANDBOX_TMP_SIZE", parse_size, minimum=MiB, default=Limits.tmp_size),
         output_files=parsed(
             "SANDBOX_MAX_OUTPUT_FILES", positive_int, minimum=1, default=Limits.output_files
         ),
@@ -197,7 +197,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         session_memory=parsed(
             "SANDBOX_SESSION_MEMORY",
             parse_size,
-            minimum=64 * MIB,
+            minimum=64 * MiB,
             default=limits.memory + limits.workspace_size,
         ),
     )
@@ -295,9 +295,12 @@ def _file(name: str, value: str | None) -> Path | None:
 
 def _address(name: str, value: str) -> str:
     """`host:port` as given; an empty host means all interfaces."""
-    match = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]*):(\d{1,5})", value)
-    if not match or int(match[2]) > 65535:
-        raise ConfigError(f"{name}: {value!r} is not host:port (such as 127.0.0.1:9000 or :9000)")
+    try:
+        host_port(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: {value!r} is not host:port (such as 127.0.0.1:9000 or :9000)"
+        ) from None
     return value
 
 

@@ -15,7 +15,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import __version__, safefs
+from oasis import _safefs as safefs
+
+from . import __version__
 from .cgroups import Cgroups
 from .config import Config
 from .errors import Code, RequestError, invalid
@@ -25,14 +27,13 @@ from .launcher import IsolationUnavailable, Launcher
 from .launcher.network import Egress, NetworkUnavailable, write_resolv_conf
 from .model import ExecutionSpec, Status
 from .runtimes import PRELUDES, Runtime, probe_all
-from .sessions import Workspaces, check_session_id
+from .sessions import ID, Workspaces, check_session_id
 
 log = logging.getLogger(__name__)
 
 _REMEMBERED_IDS = 100_000
 _MAX_ENV_VARS = 128
 _MAX_ENV_BYTES = 64 * 1024
-_EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -187,7 +188,7 @@ class Sandbox:
             raise invalid(
                 f"unsupported runtime: {spec.runtime}; supported: {', '.join(self.runtimes)}"
             )
-        if spec.execution_id and not _EXECUTION_ID.fullmatch(spec.execution_id):
+        if spec.execution_id and not ID.fullmatch(spec.execution_id):
             raise invalid(
                 f"invalid execution_id {spec.execution_id[:140]!r}: use 1-128 characters "
                 "from A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -229,14 +230,15 @@ class Sandbox:
         """Refuse new work, give running executions `grace` seconds (or until `hurry` is
         set), then kill them."""
         self.draining = True
-        waiters = [asyncio.ensure_future(self._idle.wait())]
+        waiters = [asyncio.create_task(self._idle.wait(), name="shutdown-idle")]
         if hurry is not None:
-            waiters.append(asyncio.ensure_future(hurry.wait()))
+            waiters.append(asyncio.create_task(hurry.wait(), name="shutdown-hurry"))
         try:
             await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
         if not self._idle.is_set():
             for execution in list(self._running):
                 execution.stop(

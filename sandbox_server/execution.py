@@ -8,6 +8,12 @@ chunks and cancel requests, and relay the events it yields.
 The end of a run is decided by the process exit, the deadline or a stop
 request, never by EOF on the log pipes: a grandchild that keeps a pipe open
 must not keep the run alive.
+
+Longer than our usual ~450 lines on purpose: `Execution` (what adapters call)
+and `_Run` (one process from launch to result) are one state machine, and
+`_Run` reads the execution's state (it writes only to its event queue).
+Apart, they would need that state as a public surface. The parts with a job
+of their own live beside it: channel.py, installer.py, outputs.py.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from . import outputs, safefs
+from oasis import _safefs as safefs
+
+from . import outputs
 from .cgroups import RunGroup, Usage
 from .channel import MAX_TOOL_ARGS, PreludeChannel
 from .config import Config
@@ -43,9 +51,7 @@ from .model import (
     Stream,
     ToolCallEvent,
 )
-from .outputs import FILE_CHUNK as FILE_CHUNK
 from .outputs import MAX_ERROR
-from .outputs import MAX_MESSAGE as MAX_MESSAGE
 from .runtimes import Runtime
 from .sessions import Workspace, Workspaces
 
@@ -252,15 +258,20 @@ class Execution:
         except safefs.UnsafePath as exc:
             raise invalid(f"input file: {exc}") from None
         if self._uploads:
-            waiter = asyncio.create_task(self._uploads_done.wait())
-            stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait(
-                {waiter, stopper},
-                timeout=self.timeout,
-                return_when=asyncio.FIRST_COMPLETED,
+            waiter = asyncio.create_task(
+                self._uploads_done.wait(), name=f"uploads-{self.execution_id}"
             )
-            waiter.cancel()
-            stopper.cancel()
+            stopper = asyncio.create_task(self._stop.wait(), name=f"stop-{self.execution_id}")
+            try:
+                await asyncio.wait(
+                    {waiter, stopper},
+                    timeout=self.timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+                await asyncio.gather(waiter, stopper, return_exceptions=True)
             if self._abort is not None:
                 return None
             if not self._uploads_done.is_set():
@@ -369,10 +380,13 @@ class _Run:
                 await group.finish()
             raise
         deadline = self.started + ex.timeout
+        # Not a TaskGroup: the pumps get a short drain after the exit and are then
+        # cancelled, and a failing pump must not fail the run.
+        name = ex.execution_id
         pumps = [
-            asyncio.create_task(self._pump(process.stdout, Stream.STDOUT)),
-            asyncio.create_task(self._pump(process.stderr, Stream.STDERR)),
-            asyncio.create_task(self._serve_channel()),
+            asyncio.create_task(self._pump(process.stdout, Stream.STDOUT), name=f"stdout-{name}"),
+            asyncio.create_task(self._pump(process.stderr, Stream.STDERR), name=f"stderr-{name}"),
+            asyncio.create_task(self._serve_channel(), name=f"channel-{name}"),
         ]
         try:
             self.channel.send(
@@ -400,21 +414,24 @@ class _Run:
 
     async def _wait(self, process: Process, deadline: float) -> bool:
         """Wait for the process to end by itself or be stopped; True on timeout."""
-        exit_task = asyncio.create_task(process.wait())
-        stop_task = asyncio.create_task(self.ex._stop.wait())
+        name = self.ex.execution_id
+        exit_task = asyncio.create_task(process.wait(), name=f"exit-{name}")
+        stop_task = asyncio.create_task(self.ex._stop.wait(), name=f"stop-{name}")
         try:
             done, _ = await asyncio.wait(
                 {exit_task, stop_task},
                 timeout=max(deadline - time.monotonic(), 0),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if exit_task in done:
+                return False
+            await process.kill()
+            await exit_task
+            return not done
         finally:
+            exit_task.cancel()  # done by now, unless this task itself is being cancelled
             stop_task.cancel()
-        if exit_task in done:
-            return False
-        await process.kill()
-        await exit_task
-        return not done
+            await asyncio.gather(exit_task, stop_task, return_exceptions=True)
 
     async def _pump(self, stream: asyncio.StreamReader, kind: Stream) -> None:
         while data := await stream.read(64 * 1024):
@@ -454,7 +471,7 @@ class _Run:
         elif kind == "install":
             reply_id, package = str(message["id"]), str(message["package"])
             if self.installer.reserve():
-                self._spawn(self._install(reply_id, package))
+                self._spawn(self._install(reply_id, package), "install")
             else:
                 error = f"more than {MAX_PENDING_INSTALLS} install_package calls at once; wait for some to finish"
                 await self.channel.reply({"type": "install_result", "id": reply_id, "error": error})
@@ -485,8 +502,8 @@ class _Run:
         call_id = self.channel.add_call(reply_id)
         await self.ex._events.put(ToolCallEvent(call_id, name, args_json))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{name}-{self.ex.execution_id}")
         self.side_tasks.add(task)
         task.add_done_callback(self.side_tasks.discard)
 

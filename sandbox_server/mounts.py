@@ -3,13 +3,21 @@
 Session workspaces are size- and inode-capped tmpfs mounts: the quota holds
 whatever the code writes, and deleting a workspace is one unmount that never
 walks (or follows links in) what the code left behind.
+
+The calls block, so async code runs them through `off_loop`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -51,3 +59,24 @@ def mounts_under(root: Path) -> list[Path]:
             if point.startswith(prefix):
                 found.append(Path(point))
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Detach every mount below `root`, deepest first (leftovers of an earlier run)."""
+    for point in mounts_under(root):
+        unmount(point)
+
+
+async def off_loop(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking mount call in a thread, keeping the event loop free.
+
+    A cancel still waits for the call to end before it goes on: the caller's
+    clean-up must see the mount done or not done, never in flight.
+    """
+    work = asyncio.create_task(asyncio.to_thread(call, *args, **kwargs), name=call.__name__)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        work.exception()  # seen: the caller gets the cancel, not a stray warning
+        raise

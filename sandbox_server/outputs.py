@@ -13,19 +13,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import safefs
-from .config import MIB
+from oasis import _safefs as safefs
+from oasis.code._wire import FILE_CHUNK, MAX_MESSAGE, KiB
+
 from .isolation import Limits, describe_size
 from .mime import guess_mime
 from .model import Event, FileChunkEvent, OutputFile
 
-FILE_CHUNK = 1 * MIB
-"""Files larger than this travel as chunks; each chunk message stays far below 4 MiB."""
-MAX_MESSAGE = 4 * MIB
-"""No message in either direction may exceed this: stock gRPC clients' default limit."""
-MAX_ERROR = 64 * 1024
+MAX_ERROR = 64 * KiB
 """Bytes of a result's `error` kept (start and end): plenty for any useful traceback."""
-_MESSAGE_MARGIN = 64 * 1024
+_MESSAGE_MARGIN = 64 * KiB
 _FILE_ENTRY = 256
 """Room a File entry takes in the result besides its name and data."""
 

@@ -18,18 +18,20 @@ that is what the network isolation is for.
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import inspect
 import ipaddress
 import socket
 import struct
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import grpc
 
+from oasis._net import host_port
+
+from .guard import GuardInterceptor, Refusal
 from .isolation import UID_BASE, UID_COUNT
 from .launcher.network import host_addresses
 
@@ -168,8 +170,10 @@ def parse_grpc_peer(peer: str) -> tuple[str, int]:
     kind, _, rest = peer.partition(":")
     if kind not in ("ipv4", "ipv6"):
         raise ValueError(f"not a TCP peer: {peer!r}")
-    host, _, port = urllib.parse.unquote(rest).rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    host, port = host_port(urllib.parse.unquote(rest))
+    if host is None:
+        raise ValueError(f"no address in peer {peer!r}")
+    return host, port
 
 
 def grpc_peer_is_sandboxed(peer: str, server_ports: Iterable[int]) -> bool:
@@ -181,64 +185,22 @@ def grpc_peer_is_sandboxed(peer: str, server_ports: Iterable[int]) -> bool:
     return is_sandboxed(host, port, server_ports)
 
 
-class SandboxedPeerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class SandboxedPeerInterceptor(GuardInterceptor):
     """Refuses the Sandbox service's RPCs (PERMISSION_DENIED) to peers that are sandboxed code.
 
     `ports` is filled in once the server has bound its port.
     """
 
     def __init__(self, service_prefix: str) -> None:
-        self._prefix = service_prefix
         self.ports: set[int] = set()
+        super().__init__(self._check, covers=lambda method: method.startswith(service_prefix))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(self._prefix):
-            return handler
-        return _guarded(handler, self._refuse_sandboxed)
-
-    async def _refuse_sandboxed(self, context: grpc.aio.ServicerContext) -> None:
-        if grpc_peer_is_sandboxed(context.peer(), self.ports):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, MESSAGE)
-
-
-def _guarded(
-    handler: grpc.RpcMethodHandler,
-    refuse: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
-) -> grpc.RpcMethodHandler:
-    """The same handler, checking the peer first (the Sandbox service has only these two kinds)."""
-    codecs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        unary = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await refuse(context)
-            return await unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
-    if handler.stream_stream is not None:
-        stream = handler.stream_stream
-        if not inspect.isasyncgenfunction(stream):  # a handler that writes through the context
-
-            async def stream_coroutine(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                await refuse(context)
-                return await stream(requests, context)
-
-            return grpc.stream_stream_rpc_method_handler(stream_coroutine, **codecs)
-
-        async def stream_stream(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            await refuse(context)
-            async for response in stream(requests, context):
-                yield response
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
-    raise TypeError(f"no peer check for this kind of RPC handler: {handler!r}")
+    async def _check(
+        self, details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext
+    ) -> Refusal | None:
+        # A netlink lookup and /proc reads: off the event loop. Not cached: a peer's
+        # address and port may belong to another socket once the connection closes.
+        ports = frozenset(self.ports)
+        if await asyncio.to_thread(grpc_peer_is_sandboxed, context.peer(), ports):
+            return grpc.StatusCode.PERMISSION_DENIED, MESSAGE
+        return None

@@ -10,13 +10,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from oasis.code._wire import MAX_MESSAGE
 from oasis.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from .auth import TokenInterceptor
 from .config import Config
 from .core import Sandbox
 from .errors import InUse
-from .execution import MAX_MESSAGE
 from .facade import Facade
 from .peers import SandboxedPeerInterceptor
 from .service import SandboxService

@@ -29,13 +29,10 @@ from .model import (
 
 log = logging.getLogger(__name__)
 
-GRPC_CODES = {
-    Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Code.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Code.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-}
+
+def grpc_status(code: Code) -> grpc.StatusCode:
+    """The gRPC status of a refused request: `Code` is named after them."""
+    return grpc.StatusCode[code.name]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -124,15 +121,15 @@ class SandboxService(pb_grpc.SandboxServicer):
             check_list_sizes(first.start, max_files=self._sandbox.config.max_input_files)
             execution = self._sandbox.open(spec_from_proto(first.start))
         except RequestError as exc:
-            await context.abort(GRPC_CODES[exc.code], exc.message)
+            await context.abort(grpc_status(exc.code), exc.message)
             return
         async with execution:
-            feeder = asyncio.create_task(self._feed(requests, execution))
+            feeder = asyncio.create_task(self._feed(requests, execution), name="grpc-feed")
             try:
                 async for event in execution.events():
                     yield event_to_proto(event)
             except RequestError as exc:
-                await context.abort(GRPC_CODES[exc.code], exc.message)
+                await context.abort(grpc_status(exc.code), exc.message)
             finally:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -167,7 +164,7 @@ class SandboxService(pb_grpc.SandboxServicer):
         try:
             deleted = await self._sandbox.delete_workspace(request.session_id)
         except RequestError as exc:
-            await context.abort(GRPC_CODES[exc.code], exc.message)
+            await context.abort(grpc_status(exc.code), exc.message)
         return pb.DeleteWorkspaceResponse(deleted=deleted)
 
     async def GetInfo(

@@ -9,6 +9,7 @@ is never evicted or deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -22,22 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from oasis._safefs import remove_tree
+
 from . import mounts
 from .cgroups import Cgroups, SessionGroup
 from .errors import Code, InUse, RequestError, invalid
 from .isolation import UID_BASE, UID_BLOCK, UID_COUNT, Limits
 from .launcher.network import Egress, SessionNetwork
-from .safefs import remove_tree
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A session or execution id: safe as a file name, and short."""
 
 
 def check_session_id(session_id: str) -> None:
-    if not SESSION_ID.fullmatch(session_id):
+    if not ID.fullmatch(session_id):
         raise invalid(
             f"invalid session_id {session_id[:140]!r}: use 1-128 characters from "
             "A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -109,6 +112,9 @@ class Workspaces:
         self._max_sessions = max_sessions
         self._networks = _PerWorkspace(self._make_network)
         self._closing: set[asyncio.Task[None]] = set()
+        self._creating = asyncio.Lock()
+        self._removing: dict[Path, asyncio.Future[None]] = {}
+        """Workspaces being discarded: a session made again waits for its old folder to go."""
         self.per_session_uid = False
         self.quota = False
         self._root_lock: int | None = None
@@ -175,7 +181,9 @@ class Workspaces:
         """The workspace for one execution, held for as long as the context is open."""
         if not session_id:
             # The random part keeps two runs with the same client-chosen id apart.
-            workspace = self._create(self._scratch_dir / f"{execution_id}.{secrets.token_hex(4)}")
+            workspace = await self._create(
+                self._scratch_dir / f"{execution_id}.{secrets.token_hex(4)}"
+            )
             try:
                 yield workspace
             finally:
@@ -184,15 +192,10 @@ class Workspaces:
         check_session_id(session_id)
         session = self._sessions.get(session_id)
         if session is None:
-            if len(self._sessions) >= self._max_sessions:
-                raise RequestError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"{len(self._sessions)} sessions exist (SANDBOX_MAX_SESSIONS="
-                    f"{self._max_sessions}); delete one you no longer need, or retry after "
-                    "idle sessions expire",
-                )
-            workspace = self._create(self._sessions_dir / session_id)
-            session = self._sessions[session_id] = _Session(workspace)
+            # Creating awaits the mount: one creator at a time keeps a session made
+            # once and the count exact; it is registered only once mounted.
+            async with self._creating:
+                session = self._sessions.get(session_id) or await self._new_session(session_id)
         session.active += 1
         try:
             yield session.workspace
@@ -233,8 +236,34 @@ class Workspaces:
     def is_known(self, session_id: str) -> bool:
         return session_id in self._sessions
 
-    def _create(self, path: Path) -> Workspace:
+    async def _new_session(self, session_id: str) -> _Session:
+        if len(self._sessions) >= self._max_sessions:
+            raise RequestError(
+                Code.RESOURCE_EXHAUSTED,
+                f"{len(self._sessions)} sessions exist (SANDBOX_MAX_SESSIONS="
+                f"{self._max_sessions}); delete one you no longer need, or retry after "
+                "idle sessions expire",
+            )
+        workspace = await self._create(self._sessions_dir / session_id)
+        session = self._sessions[session_id] = _Session(workspace)
+        return session
+
+    async def _create(self, path: Path) -> Workspace:
+        removing = self._removing.get(path)
+        if removing is not None:
+            # The same session, deleted a moment ago: its folder must be gone first.
+            await asyncio.shield(removing)
         uid = self._allocate_uid() if self.per_session_uid else None
+        try:
+            await mounts.off_loop(self._make_folder, path, uid)
+        except asyncio.CancelledError:
+            # off_loop let the call end: the folder may well exist.
+            await mounts.off_loop(_remove_folder, path)
+            raise
+        return Workspace(path, uid)
+
+    def _make_folder(self, path: Path, uid: int | None) -> None:
+        """The workspace folder: a size-capped tmpfs with `quota`, else a plain folder."""
         path.mkdir(mode=0o700)
         try:
             if self.quota:
@@ -247,7 +276,6 @@ class Workspaces:
         except BaseException:
             path.rmdir()
             raise
-        return Workspace(path, uid)
 
     def _allocate_uid(self) -> int:
         # Handed out in turn through this server's block, skipping any still
@@ -274,12 +302,23 @@ class Workspaces:
         return True
 
     async def _discard(self, workspace: Workspace) -> None:
+        removed = asyncio.get_running_loop().create_future()
+        self._removing[workspace.path] = removed
+        try:
+            await self._release(workspace)
+        finally:
+            del self._removing[workspace.path]
+            removed.set_result(None)
+
+    async def _release(self, workspace: Workspace) -> None:
         network = self._networks.pop(workspace.path)
         group = self._groups.pop(workspace.path)
         if network is not None:
             # Scheduled before any await, so a cancel cannot leak it; the kernel takes
             # 20-40 ms to tear its interface down, which stays off the client's path.
-            closing = asyncio.create_task(network.close())
+            closing = asyncio.create_task(
+                network.close(), name=f"close-network-{workspace.path.name}"
+            )
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         try:
@@ -292,7 +331,7 @@ class Workspaces:
                 self._uids_in_use.discard(workspace.uid)
 
     async def _remove(self, path: Path) -> None:
-        if mounts.unmount(path):
+        if await mounts.off_loop(mounts.unmount, path):
             # A tmpfs: unmounting freed everything, without walking user files.
             os.rmdir(path)
             return
@@ -308,8 +347,7 @@ class Workspaces:
             log.exception("could not remove workspace %s", trash)
 
     async def _remove_leftovers(self) -> None:
-        for mount_point in mounts.mounts_under(self._root):
-            mounts.unmount(mount_point)
+        await mounts.off_loop(mounts.unmount_under, self._root)
         for folder in (self._sessions_dir, self._scratch_dir, self._trash_dir):
             for entry in os.listdir(folder):
                 await remove_tree(folder / entry)
@@ -339,3 +377,10 @@ class Workspaces:
                 await self.evict_idle()
             except Exception:
                 log.exception("workspace sweep failed")
+
+
+def _remove_folder(path: Path) -> None:
+    """Undo `_make_folder` (the folder is still empty: no code has run in it)."""
+    mounts.unmount(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.rmdir()

@@ -6,6 +6,7 @@ async with GrpcRunner("127.0.0.1:50051") as runner:
 
 from typing import TYPE_CHECKING, Any
 
+from ._base import RetryAttempt
 from ._grpc import GrpcOptions, GrpcRunner
 from ._info import SandboxInfo, SandboxLimits
 from ._sync import SyncDispatch, SyncGrpcRunner
@@ -17,6 +18,7 @@ __all__ = [
     "HTTPRunner",
     "KiB",
     "MiB",
+    "RetryAttempt",
     "SandboxInfo",
     "SandboxLimits",
     "SyncDispatch",

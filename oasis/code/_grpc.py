@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypedDict, TypeVar, cast
@@ -18,12 +16,13 @@ from ..errors import SandboxError
 from ..sandbox.v1 import sandbox_pb2 as pb
 from ..sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from . import _wire
+from ._base import MAX_RETRY_DELAY, OnRetry, Retry, Retryable, RunnerBase
 from ._errors import from_grpc, from_status
 from ._info import SandboxInfo
 from ._wire import KiB, MiB
 
-log = logging.getLogger("oasis.code")
 T = TypeVar("T")
+_Events = AsyncGenerator[LogChunk | CodeResult, None]
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 _TRANSFER_SLACK = 60.0
@@ -31,13 +30,17 @@ _TRANSFER_SLACK = 60.0
 
 
 class GrpcOptions(TypedDict, total=False):
-    """GrpcRunner's keyword options, for wrappers that pass them through."""
+    """GrpcRunner's keyword options, for wrappers that pass them through.
+
+    `channel` is not one: a channel belongs to the loop it was made on.
+    """
 
     timeout: float
     max_file_size: int
     max_output: int
     max_retries: int
     retry_delay: float
+    on_retry: OnRetry | None
     token: str | None
     root_certificates: bytes | None
     private_key: bytes | None
@@ -46,17 +49,19 @@ class GrpcOptions(TypedDict, total=False):
     channel_options: Sequence[tuple[str, Any]]
 
 
-class GrpcRunner:
+class GrpcRunner(RunnerBase):
     """Runs code on a sandbox server and routes its tool calls to `dispatch`.
 
-    One runner holds one gRPC channel; use it as `async with GrpcRunner(...)`
-    or call `aclose()`. A runner belongs to the event loop that first uses it;
-    from non-async code use `SyncGrpcRunner`.
+    One runner holds one gRPC channel (its own, or the caller's `channel=`);
+    use it as `async with GrpcRunner(...)` or call `aclose()`. A runner
+    belongs to the event loop that first uses it; from non-async code use
+    `SyncGrpcRunner`.
 
-    Retries: a request is sent again (after `retry_delay`, doubling each time,
-    at most `max_retries` more times) only when the code certainly did not
-    start: the server refused it for capacity (RESOURCE_EXHAUSTED) or could
-    not be reached or was shutting down (UNAVAILABLE), in both cases before it
+    Retries: a request is sent again (after `retry_delay`, doubling each time
+    up to 10 s, plus up to a quarter at random; at most `max_retries` more
+    times; `on_retry` sees each) only when the code certainly did not start:
+    the server refused it for capacity (RESOURCE_EXHAUSTED) or could not be
+    reached or was shutting down (UNAVAILABLE), in both cases before it
     answered `started`. Any failure after `started` is raised, never retried:
     by then the code may have run, and code calls tools with side effects
     (sending mail, charging a card), so running it twice is worse than
@@ -75,12 +80,14 @@ class GrpcRunner:
         max_output: int = 64 * KiB,
         max_retries: int = 2,
         retry_delay: float = 0.5,
+        on_retry: OnRetry | None = None,
         token: str | None = None,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
         """Configure a runner for the server at `target` ("host:port"); connects on first use.
 
@@ -93,18 +100,25 @@ class GrpcRunner:
         - max_output: bytes of logs kept in the result, and the largest
           set_result value kept (a larger one is dropped, see output_truncated).
         - max_retries, retry_delay: see the class docstring.
+        - on_retry: called with a RetryAttempt before each retry's pause.
         - token: sent as `authorization: Bearer <token>` on every call.
         - TLS: `credentials`, or any of root_certificates / private_key /
           certificate_chain (PEM bytes), makes the channel use TLS.
+        - channel: an open channel to use instead of one of the runner's own
+          (TLS and options are then the channel's). The caller owns it:
+          aclose() leaves it open.
         """
-        if max_retries < 0 or retry_delay < 0:
-            raise ValueError("max_retries and retry_delay must not be negative")
+        self._retry = Retry(
+            target=target, max_retries=max_retries, retry_delay=retry_delay, on_retry=on_retry
+        )
+        if channel is not None and (
+            credentials or root_certificates or private_key or certificate_chain or channel_options
+        ):
+            raise ValueError("with channel=, TLS and channel options are the channel's own")
         self.target = target
         self.timeout = timeout
         self.max_file_size = max_file_size
         self.max_output = max_output
-        self.max_retries = max_retries
-        self.retry_delay = retry_delay
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -118,44 +132,49 @@ class GrpcRunner:
         # Let the channel try to reconnect at least as often as we retry: with
         # gRPC's default backoff (1 s, growing) a retry would fail at once.
         backoff_ms = max(int(retry_delay * 1000), 100)
+        most_ms = max(backoff_ms, int(MAX_RETRY_DELAY * 1000))
         self._channel_options = [
             ("grpc.initial_reconnect_backoff_ms", backoff_ms),
             ("grpc.min_reconnect_backoff_ms", backoff_ms),
-            ("grpc.max_reconnect_backoff_ms", backoff_ms * 2 ** min(max_retries, 6)),
+            ("grpc.max_reconnect_backoff_ms", min(backoff_ms * 2 ** min(max_retries, 6), most_ms)),
             *channel_options,
         ]
+        self._given_channel = channel
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.SandboxAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
 
-    async def __aenter__(self) -> GrpcRunner:
-        return self
+    @property
+    def max_retries(self) -> int:
+        """Extra attempts made where the code certainly did not start."""
+        return self._retry.max_retries
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    @property
+    def retry_delay(self) -> float:
+        """Seconds before the first retry."""
+        return self._retry.retry_delay
 
-    async def aclose(self) -> None:
-        """Close the channel; running executions are cancelled. Safe to call twice."""
-        self._closed = True
+    async def _release(self) -> None:
+        """Close the runner's own channel (not a given one); running executions are cancelled."""
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
 
     def _connect(self) -> pb_grpc.SandboxAsyncStub:
         loop = asyncio.get_running_loop()
-        if self._closed:
-            raise RuntimeError("this GrpcRunner is closed")
+        self._check_open()
         if self._stub is None:
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(
+            if self._given_channel is not None:
+                channel = self._given_channel
+            elif self._credentials is not None:
+                channel = self._channel = grpc.aio.secure_channel(
                     self.target, self._credentials, options=self._channel_options
                 )
             else:
-                self._channel = grpc.aio.insecure_channel(
+                channel = self._channel = grpc.aio.insecure_channel(
                     self.target, options=self._channel_options
                 )
-            self._stub = cast("pb_grpc.SandboxAsyncStub", pb_grpc.SandboxStub(self._channel))
+            self._stub = cast("pb_grpc.SandboxAsyncStub", pb_grpc.SandboxStub(channel))
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError(
@@ -194,9 +213,7 @@ class GrpcRunner:
         """
         return self._stream(request, cast("Dispatch", as_dispatch(dispatch)))
 
-    async def _stream(
-        self, request: CodeRequest, dispatch: Dispatch
-    ) -> AsyncGenerator[LogChunk | CodeResult, None]:
+    async def _stream(self, request: CodeRequest, dispatch: Dispatch) -> _Events:
         stub = self._connect()
         timeout = self.timeout if request.timeout is None else request.timeout
         # Random, never derived: the server admits each id once across all clients,
@@ -204,27 +221,20 @@ class GrpcRunner:
         start, uploads = _wire.start_message(
             request, execution_id=uuid.uuid4().hex, timeout=timeout
         )
-        for attempt in itertools.count():
-            exchange = _Exchange(self, stub, start, uploads, dispatch, deadline=timeout)
-            try:
-                async with contextlib.aclosing(exchange.events()) as events:
-                    async for event in events:
-                        yield event
-                return
-            except grpc.aio.AioRpcError as exc:
-                if exchange.started or exc.code() not in _RETRYABLE or attempt >= self.max_retries:
-                    raise from_grpc(exc) from exc
-                delay = self.retry_delay * 2**attempt
-                log.info(
-                    "execution %s not started (%s: %s); retry %d of %d in %.2f s",
-                    start.execution_id,
-                    exc.code().name,
-                    exc.details(),
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-            await asyncio.sleep(delay)
+
+        async def attempt() -> tuple[_Events, LogChunk | CodeResult]:
+            # Nothing comes before `started`, so only the wait for the first
+            # event can end in a failure that allows a retry.
+            events = _Exchange(self, stub, start, uploads, dispatch, deadline=timeout).events()
+            return events, await anext(events)
+
+        events, first = await self._retry.call(
+            attempt, operation="execute", execution_id=start.execution_id
+        )
+        async with contextlib.aclosing(events):
+            yield first
+            async for event in events:
+                yield event
 
     async def delete_workspace(self, session_id: str) -> bool:
         """Remove a session's workspace; False when there was none.
@@ -232,30 +242,37 @@ class GrpcRunner:
         Raises FailedPrecondition while an execution runs in the session.
         """
         request = pb.DeleteWorkspaceRequest(session_id=session_id)
-        response = await self._unary(lambda stub: stub.DeleteWorkspace(request, **self._options()))
+        response = await self._unary(
+            lambda stub: stub.DeleteWorkspace(request, **self._options()),
+            operation="delete_workspace",
+        )
         return bool(response.deleted)
 
     async def info(self) -> SandboxInfo:
         """The server's runtimes, limits, isolation level and version."""
         response = await self._unary(
-            lambda stub: stub.GetInfo(pb.GetInfoRequest(), **self._options())
+            lambda stub: stub.GetInfo(pb.GetInfoRequest(), **self._options()), operation="info"
         )
         return _wire.sandbox_info(response)
 
     def _options(self) -> dict[str, Any]:
         return {"metadata": self._metadata, "timeout": self.timeout}
 
-    async def _unary(self, call: Callable[[pb_grpc.SandboxAsyncStub], Awaitable[T]]) -> T:
+    async def _unary(
+        self, call: Callable[[pb_grpc.SandboxAsyncStub], Awaitable[T]], *, operation: str
+    ) -> T:
         """Make an idempotent unary call, retrying while the server is unreachable."""
         stub = self._connect()
-        for attempt in itertools.count():
+
+        async def attempt() -> T:
             try:
                 return await call(stub)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt >= self.max_retries:
-                    raise from_grpc(exc) from exc
-            await asyncio.sleep(self.retry_delay * 2**attempt)
-        raise AssertionError("unreachable")
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    raise Retryable(from_grpc(exc)) from exc
+                raise from_grpc(exc) from exc
+
+        return await self._retry.call(attempt, operation=operation)
 
 
 class _Exchange:
@@ -283,12 +300,18 @@ class _Exchange:
         self.started = False
         self.execution_id = start.execution_id
 
-    async def events(self) -> AsyncGenerator[LogChunk | CodeResult, None]:
+    async def events(self) -> _Events:
+        """The execution's events; Retryable for a refusal or failure before `started`."""
         call = self._stub.Execute(metadata=self._runner._metadata, timeout=self._deadline)
         writer = asyncio.create_task(self._write(call))
         try:
             while True:
-                response = await call.read()
+                try:
+                    response = await call.read()
+                except grpc.aio.AioRpcError as exc:
+                    if not self.started and exc.code() in _RETRYABLE:
+                        raise Retryable(from_grpc(exc)) from exc
+                    raise from_grpc(exc) from exc
                 if response is grpc.aio.EOF:
                     # A stream cut off (the server died) also reads as EOF: its status says so.
                     status = await call.code()

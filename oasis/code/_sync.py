@@ -32,7 +32,8 @@ class SyncGrpcRunner:
     in a worker thread so a slow tool never stalls other calls; an async
     dispatch (such as one from `oasis.tool_dispatcher`) runs on the loop.
     KeyboardInterrupt (or any exception) while waiting in `run()` cancels the
-    execution, and the server kills the code. Options are GrpcRunner's.
+    execution, and the server kills the code. Options are GrpcRunner's
+    (but `channel`); an `on_retry` hook is called in the runner's thread.
     """
 
     def __init__(self, target: str, **options: Unpack[GrpcOptions]) -> None:

@@ -25,6 +25,7 @@ from ..agent import (
 from ..agent.providers import OpenAIProvider, ScriptedProvider
 from ..code import GrpcRunner
 from ..errors import OasisError
+from ._in_process import start_in_process_sandbox
 from ._scenarios import TaskPlan, scenarios
 from ._world import World
 
@@ -143,40 +144,14 @@ async def _sandbox(target: str, scratch: Path, stack: contextlib.AsyncExitStack)
             return target
         except OasisError:
             pass
-    from sandbox_server.server import SandboxServer
-
     try:
-        server = SandboxServer(_server_config(scratch))
-        await server.start()
+        port = await start_in_process_sandbox(scratch / "workspaces", stack)
     except Exception as exc:
         raise OasisError(
             f"no sandbox answered at {target}, and starting one failed: {exc}"
         ) from exc
-    stack.push_async_callback(server.stop, 0)
-    print(
-        f"no sandbox answered at {target}: started one in this process at 127.0.0.1:{server.port}"
-    )
-    return f"127.0.0.1:{server.port}"
-
-
-def _server_config(scratch: Path) -> Any:
-    """Settings from SANDBOX_* variables, on free loopback ports and a scratch workspace."""
-    from sandbox_server import config as config_module
-
-    env = dict(os.environ)
-    env.update(
-        SANDBOX_GRPC_ADDR="127.0.0.1:0",
-        SANDBOX_ADDR="127.0.0.1:0",
-        SANDBOX_WORKSPACE=str(scratch / "workspaces"),
-        SANDBOX_SHUTDOWN_GRACE="2s",
-    )
-    built = (
-        Path(config_module.__file__).resolve().parents[1] / ".runtime" / "python" / "bin" / "python"
-    )
-    if not env.get("SANDBOX_PYTHON_BIN") and built.exists():
-        # The interpreter that `make install` gives numpy, pandas and matplotlib.
-        env["SANDBOX_PYTHON_BIN"] = str(built)
-    return config_module.load(env)
+    print(f"no sandbox answered at {target}: started one in this process at 127.0.0.1:{port}")
+    return f"127.0.0.1:{port}"
 
 
 def _real_provider(args: argparse.Namespace) -> OpenAIProvider | None:

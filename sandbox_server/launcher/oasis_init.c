@@ -44,11 +44,16 @@
  * 125 when a setup step failed (the reason is on stderr). oasis-init is the
  * child subreaper of the tree: when PROGRAM ends, or on SIGTERM, every
  * process left is killed, including ones that called setsid.
+ *
+ * One file on purpose, though long: build.py compiles it alone with nothing
+ * but a C compiler; its sections (process tree, mounts, seccomp, options, main)
+ * read top to bottom, each using only what comes before it.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <grp.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -383,76 +388,142 @@ static void loopback_up(void) {
 #define OASIS_SO_BINDTOIFINDEX 62
 #endif
 
-#define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
-                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM)
+#ifdef OASIS_AUDIT_ARCH
+/*
+ * The filter is built from a table: each rule names a syscall, up to two
+ * argument checks that must all hold, and the result. build_filter() lays
+ * out one block per rule and computes every jump, so adding a rule cannot
+ * break an offset. Arguments are compared on their low 32 bits (the word
+ * BPF loads on these little-endian targets), which hold every value below.
+ */
+enum arg_test { ARG_NONE, ARG_EQ, ARG_ANY_BIT };
+
+struct arg_check {
+    enum arg_test test; /* ARG_EQ: args[index] == value; ARG_ANY_BIT: args[index] & value */
+    unsigned index;
+    uint32_t value;
+};
+
+struct seccomp_rule {
+    uint32_t nr;
+    struct arg_check checks[2]; /* unused ones are ARG_NONE (zero) */
+    uint32_t action;
+};
+
+#define EPERM_RET (SECCOMP_RET_ERRNO | EPERM)
+#define DENY(number) {.nr = (number), .action = EPERM_RET}
+#define NEW_NAMESPACES \
+    (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
+
+static const struct seccomp_rule RULES[] = {
+    /* io_uring bypasses the syscall filter for the operations it runs. */
+    DENY(__NR_io_uring_setup), DENY(__NR_io_uring_enter), DENY(__NR_io_uring_register),
+    DENY(__NR_keyctl), DENY(__NR_add_key), DENY(__NR_request_key),
+    DENY(__NR_ptrace), DENY(__NR_process_vm_readv), DENY(__NR_process_vm_writev),
+    DENY(__NR_bpf), DENY(__NR_perf_event_open), DENY(__NR_userfaultfd),
+    DENY(__NR_unshare), DENY(__NR_setns), DENY(__NR_mount), DENY(__NR_umount2),
+    DENY(__NR_pivot_root), DENY(__NR_open_by_handle_at), DENY(__NR_name_to_handle_at),
+    DENY(__NR_kexec_load), DENY(__NR_init_module), DENY(__NR_finit_module),
+    DENY(__NR_delete_module), DENY(__NR_swapon), DENY(__NR_swapoff), DENY(__NR_reboot),
+    DENY(__NR_syslog), DENY(__NR_acct), DENY(__NR_quotactl), DENY(__NR_fsopen),
+    DENY(__NR_fsmount), DENY(__NR_move_mount), DENY(__NR_open_tree), DENY(__NR_fspick),
+    DENY(__NR_mount_setattr), DENY(__NR_personality),
+    /* clone3 takes its flags in memory the filter cannot read: make libc fall back to clone. */
+    {.nr = __NR_clone3, .action = SECCOMP_RET_ERRNO | ENOSYS},
+    /* clone: no new namespaces (flags are the first argument on x86_64 and arm64). */
+    {.nr = __NR_clone, .checks = {{ARG_ANY_BIT, 0, NEW_NAMESPACES}}, .action = EPERM_RET},
+    /* socket(AF_VSOCK, ...): a path out of a VM that namespaces do not close. */
+    {.nr = __NR_socket, .checks = {{ARG_EQ, 0, AF_VSOCK}}, .action = SECCOMP_RET_ERRNO | EAFNOSUPPORT},
+    /* setsockopt(SOL_SOCKET, SO_BINDTODEVICE / SO_BINDTOIFINDEX): a socket tied to an
+       interface bypasses the routes that keep the host and private ranges out of reach. */
+    {.nr = __NR_setsockopt, .checks = {{ARG_EQ, 1, SOL_SOCKET}, {ARG_EQ, 2, SO_BINDTODEVICE}}, .action = EPERM_RET},
+    {.nr = __NR_setsockopt, .checks = {{ARG_EQ, 1, SOL_SOCKET}, {ARG_EQ, 2, OASIS_SO_BINDTOIFINDEX}}, .action = EPERM_RET},
+    /* ioctl TIOCSTI / TIOCLINUX push input into a terminal. */
+    {.nr = __NR_ioctl, .checks = {{ARG_EQ, 1, TIOCSTI}}, .action = EPERM_RET},
+    {.nr = __NR_ioctl, .checks = {{ARG_EQ, 1, TIOCLINUX}}, .action = EPERM_RET},
+};
+
+#define N_RULES (sizeof RULES / sizeof RULES[0])
+/* Prologue (6), per rule at most 7 (nr test, two loads and tests, return, reload), allow. */
+#define MAX_FILTER (6 + 7 * N_RULES + 1)
+
+struct filter {
+    struct sock_filter code[MAX_FILTER];
+    unsigned short len;
+};
+
+static unsigned short emit(struct filter *f, struct sock_filter insn) {
+    if (f->len >= MAX_FILTER) die_msg("seccomp", "filter table overflows its buffer");
+    f->code[f->len] = insn;
+    return f->len++;
+}
+
+/* A conditional jump whose targets land_true/land_false fill in later. */
+static unsigned short jump(struct filter *f, uint16_t op, uint32_t value) {
+    return emit(f, (struct sock_filter)BPF_JUMP(BPF_JMP | op | BPF_K, value, 0, 0));
+}
+
+static unsigned char distance_from(const struct filter *f, unsigned short from) {
+    unsigned distance = (unsigned)f->len - from - 1u;
+    if (distance > 255) die_msg("seccomp", "jump too long");
+    return (unsigned char)distance;
+}
+
+/* Point the true (false) branch of the jump at `from` to the next instruction emitted. */
+static void land_true(struct filter *f, unsigned short from) { f->code[from].jt = distance_from(f, from); }
+static void land_false(struct filter *f, unsigned short from) { f->code[from].jf = distance_from(f, from); }
+
+static void load(struct filter *f, uint32_t offset) {
+    emit(f, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offset));
+}
+
+static void ret(struct filter *f, uint32_t action) {
+    emit(f, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, action));
+}
+
+static void build_filter(struct filter *f) {
+    f->len = 0;
+    load(f, offsetof(struct seccomp_data, arch));
+    unsigned short arch = jump(f, BPF_JEQ, OASIS_AUDIT_ARCH);
+    ret(f, SECCOMP_RET_KILL_PROCESS);
+    land_true(f, arch);
+    load(f, offsetof(struct seccomp_data, nr));
+#if defined(__x86_64__)
+    /* The x32 ABI would reach the same calls under other numbers. */
+    unsigned short x32 = jump(f, BPF_JGE, 0x40000000);
+    ret(f, EPERM_RET);
+    land_false(f, x32);
+#endif
+    for (size_t r = 0; r < N_RULES; r++) {
+        const struct seccomp_rule *rule = &RULES[r];
+        unsigned short misses[2];
+        int n_misses = 0;
+        unsigned short other_nr = jump(f, BPF_JEQ, rule->nr);
+        for (int c = 0; c < 2 && rule->checks[c].test != ARG_NONE; c++) {
+            const struct arg_check *check = &rule->checks[c];
+            uint16_t op = check->test == ARG_EQ ? BPF_JEQ : BPF_JSET;
+            load(f, (uint32_t)offsetof(struct seccomp_data, args[0]) + check->index * (uint32_t)sizeof(uint64_t));
+            misses[n_misses++] = jump(f, op, check->value);
+        }
+        ret(f, rule->action);
+        /* A failed argument check lands here: the accumulator holds an argument, not nr. */
+        for (int m = 0; m < n_misses; m++) land_false(f, misses[m]);
+        if (n_misses) load(f, offsetof(struct seccomp_data, nr));
+        land_false(f, other_nr);
+    }
+    ret(f, SECCOMP_RET_ALLOW);
+}
 
 static void install_seccomp(void) {
-#ifdef OASIS_AUDIT_ARCH
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, OASIS_AUDIT_ARCH, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-#if defined(__x86_64__)
-        /* The x32 ABI would reach the same calls under other numbers. */
-        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-#endif
-        /* io_uring bypasses the syscall filter for the operations it runs. */
-        DENY(__NR_io_uring_setup), DENY(__NR_io_uring_enter), DENY(__NR_io_uring_register),
-        DENY(__NR_keyctl), DENY(__NR_add_key), DENY(__NR_request_key),
-        DENY(__NR_ptrace), DENY(__NR_process_vm_readv), DENY(__NR_process_vm_writev),
-        DENY(__NR_bpf), DENY(__NR_perf_event_open), DENY(__NR_userfaultfd),
-        DENY(__NR_unshare), DENY(__NR_setns), DENY(__NR_mount), DENY(__NR_umount2),
-        DENY(__NR_pivot_root), DENY(__NR_open_by_handle_at), DENY(__NR_name_to_handle_at),
-        DENY(__NR_kexec_load), DENY(__NR_init_module), DENY(__NR_finit_module),
-        DENY(__NR_delete_module), DENY(__NR_swapon), DENY(__NR_swapoff), DENY(__NR_reboot),
-        DENY(__NR_syslog), DENY(__NR_acct), DENY(__NR_quotactl), DENY(__NR_fsopen),
-        DENY(__NR_fsmount), DENY(__NR_move_mount), DENY(__NR_open_tree), DENY(__NR_fspick),
-        DENY(__NR_mount_setattr), DENY(__NR_personality),
-        /* clone3 takes its flags in memory the filter cannot read: make libc fall back to clone. */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-        /* clone: no new namespaces (flags are the first argument on x86_64 and arm64). */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
-                 CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
-                     CLONE_NEWCGROUP,
-                 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        /* socket(AF_VSOCK, ...): a path out of a VM that namespaces do not close. */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 3),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_VSOCK, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        /* setsockopt(SOL_SOCKET, SO_BINDTODEVICE / SO_BINDTOIFINDEX): a socket tied to an
-           interface bypasses the routes that keep the host and private ranges out of reach. */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_setsockopt, 0, 6),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOL_SOCKET, 0, 4),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SO_BINDTODEVICE, 1, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, OASIS_SO_BINDTOIFINDEX, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        /* ioctl TIOCSTI / TIOCLINUX push input into a terminal. */
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 4),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 1, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+    static struct filter f;
+    build_filter(&f);
+    struct sock_fprog prog = {.len = f.len, .filter = f.code};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("no_new_privs");
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) die("seccomp");
-#else
-    die_msg("seccomp", "no filter for this architecture");
-#endif
 }
+#else
+static void install_seccomp(void) { die_msg("seccomp", "no filter for this architecture"); }
+#endif
 
 /* ---- the program ----------------------------------------------------- */
 
@@ -592,24 +663,63 @@ static char **expand_args_fd(int argc, char **argv, int *new_argc) {
     return out;
 }
 
-static int parse_limit(const char *spec, int *res, rlim_t *value) {
+static void parse_limit(const char *spec, int *res, rlim_t *value) {
     static const struct { const char *name; int res; } names[] = {
         {"cpu", RLIMIT_CPU}, {"as", RLIMIT_AS}, {"nproc", RLIMIT_NPROC},
         {"nofile", RLIMIT_NOFILE}, {"fsize", RLIMIT_FSIZE}, {NULL, 0},
     };
     const char *eq = strchr(spec, '=');
-    if (!eq) return -1;
+    if (!eq) die_msg("bad --rlimit", spec);
     for (int i = 0; names[i].name; i++) {
-        if (strncmp(spec, names[i].name, (size_t)(eq - spec)) == 0 && strlen(names[i].name) == (size_t)(eq - spec)) {
-            char *end;
-            unsigned long long v = strtoull(eq + 1, &end, 10);
-            if (*end) return -1;
+        if (strlen(names[i].name) == (size_t)(eq - spec) && strncmp(spec, names[i].name, (size_t)(eq - spec)) == 0) {
             *res = names[i].res;
-            *value = (rlim_t)v;
-            return 0;
+            /* Below RLIM_INFINITY: an absent limit is no --rlimit at all. */
+            *value = (rlim_t)number("--rlimit", eq + 1, 0, INT64_MAX);
+            return;
         }
     }
-    return -1;
+    die_msg("bad --rlimit", spec);
+}
+
+/* Append `value` to a bounded list, or die naming the option. */
+#define PUSH(option, list, count, max, value)                  \
+    do {                                                       \
+        if ((count) >= (max)) die_msg("too many", option);     \
+        (list)[(count)++] = (value);                           \
+    } while (0)
+
+enum { OPT_PIDNS = 1, OPT_NETNS, OPT_IPCNS, OPT_UTSNS, OPT_ROOT, OPT_SECCOMP, OPT_RO, OPT_RW,
+       OPT_TMP_SIZE, OPT_JOIN_NETNS, OPT_INIT_UID, OPT_SERVER_PID, OPT_RESOLV_CONF, OPT_CGROUP,
+       OPT_ENV, OPT_UID, OPT_GID, OPT_RLIMIT };
+
+static const struct option long_options[] = {
+    {"pidns", no_argument, NULL, OPT_PIDNS},
+    {"netns", no_argument, NULL, OPT_NETNS},
+    {"ipcns", no_argument, NULL, OPT_IPCNS},
+    {"utsns", no_argument, NULL, OPT_UTSNS},
+    {"root", no_argument, NULL, OPT_ROOT},
+    {"seccomp", no_argument, NULL, OPT_SECCOMP},
+    {"ro", required_argument, NULL, OPT_RO},
+    {"rw", required_argument, NULL, OPT_RW},
+    {"tmp-size", required_argument, NULL, OPT_TMP_SIZE},
+    {"join-netns", required_argument, NULL, OPT_JOIN_NETNS},
+    {"init-uid", required_argument, NULL, OPT_INIT_UID},
+    {"server-pid", required_argument, NULL, OPT_SERVER_PID},
+    {"resolv-conf", required_argument, NULL, OPT_RESOLV_CONF},
+    {"cgroup", required_argument, NULL, OPT_CGROUP},
+    {"env", required_argument, NULL, OPT_ENV},
+    {"uid", required_argument, NULL, OPT_UID},
+    {"gid", required_argument, NULL, OPT_GID},
+    {"rlimit", required_argument, NULL, OPT_RLIMIT},
+    {NULL, 0, NULL, 0},
+};
+
+/* getopt_long takes any unambiguous prefix (--pid for --pidns): insist on the whole name. */
+static void check_spelling(const char *given, int index) {
+    const char *name = long_options[index].name;
+    size_t len = strcspn(given + 2, "=");
+    if (strncmp(given, "--", 2) != 0 || len != strlen(name) || strncmp(given + 2, name, len) != 0)
+        die_msg("unknown option", given);
 }
 
 static void parse_options(int argc, char **argv, struct options *o) {
@@ -618,50 +728,52 @@ static void parse_options(int argc, char **argv, struct options *o) {
     o->join_netns = -1;
     o->init_uid = -1;
     o->tmp_size = 64LL << 20;
-    int i = 1;
-    for (; i < argc; i++) {
-        const char *a = argv[i];
-        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--") == 0) { i++; break; }
-        else if (strcmp(a, "--pidns") == 0) o->pidns = 1;
-        else if (strcmp(a, "--netns") == 0) o->netns = 1;
-        else if (strcmp(a, "--ipcns") == 0) o->ipcns = 1;
-        else if (strcmp(a, "--utsns") == 0) o->utsns = 1;
-        else if (strcmp(a, "--root") == 0) o->root = 1;
-        else if (strcmp(a, "--seccomp") == 0) o->seccomp = 1;
-        else if (!next) die_msg("missing value for option", a);
-        else if (strcmp(a, "--ro") == 0 && o->n_ro < MAX_PATHS) { o->ro[o->n_ro++] = next; i++; }
-        else if (strcmp(a, "--rw") == 0 && o->n_rw < MAX_PATHS) { o->rw[o->n_rw++] = next; i++; }
-        else if (strcmp(a, "--tmp-size") == 0) { o->tmp_size = number(a, next, 4096, 1LL << 50); i++; }
-        else if (strcmp(a, "--join-netns") == 0) { o->join_netns = (int)number(a, next, 0, 1 << 20); i++; }
-        else if (strcmp(a, "--init-uid") == 0) { o->init_uid = (long)number(a, next, 1, UINT32_MAX - 1); i++; }
-        else if (strcmp(a, "--server-pid") == 0) { o->server_pid = (long)number(a, next, 1, INT32_MAX); i++; }
-        else if (strcmp(a, "--resolv-conf") == 0) { o->resolv_conf = next; i++; }
-        else if (strcmp(a, "--cgroup") == 0) {
-            if (o->n_cgroups >= MAX_CGROUPS) die_msg("too many --cgroup", next);
-            o->cgroups[o->n_cgroups++] = next;
-            i++;
-        }
-        else if (strcmp(a, "--env") == 0) {
-            if (o->n_env >= MAX_ENV) die_msg("too many --env", next);
-            o->env[o->n_env++] = (char *)next;
-            i++;
-        }
-        else if (strcmp(a, "--uid") == 0) { o->uid = (long)number(a, next, 0, UINT32_MAX - 1); i++; }
-        else if (strcmp(a, "--gid") == 0) { o->gid = (long)number(a, next, 0, UINT32_MAX - 1); i++; }
-        else if (strcmp(a, "--rlimit") == 0 && o->n_limits < MAX_LIMITS) {
-            if (parse_limit(next, &o->limit_res[o->n_limits], &o->limit_val[o->n_limits]) != 0)
-                die_msg("bad --rlimit", next);
+    /* "+": stop at the first non-option (PROGRAM's own arguments are never parsed);
+       ":": report a missing value as ':' rather than printing getopt's message. */
+    opterr = 0;
+    int opt, index = -1, at = optind;
+    const char *last_value = NULL;
+    while ((opt = getopt_long(argc, argv, "+:", long_options, &index)) != -1) {
+        if (opt == '?') die_msg("unknown option", argv[at]);
+        if (opt == ':') die_msg("missing value for option", argv[at]);
+        check_spelling(argv[at], index);
+        last_value = optarg;
+        switch (opt) {
+        case OPT_PIDNS: o->pidns = 1; break;
+        case OPT_NETNS: o->netns = 1; break;
+        case OPT_IPCNS: o->ipcns = 1; break;
+        case OPT_UTSNS: o->utsns = 1; break;
+        case OPT_ROOT: o->root = 1; break;
+        case OPT_SECCOMP: o->seccomp = 1; break;
+        case OPT_RO: PUSH("--ro", o->ro, o->n_ro, MAX_PATHS, optarg); break;
+        case OPT_RW: PUSH("--rw", o->rw, o->n_rw, MAX_PATHS, optarg); break;
+        case OPT_TMP_SIZE: o->tmp_size = number("--tmp-size", optarg, 4096, 1LL << 50); break;
+        case OPT_JOIN_NETNS: o->join_netns = (int)number("--join-netns", optarg, 0, 1 << 20); break;
+        case OPT_INIT_UID: o->init_uid = (long)number("--init-uid", optarg, 1, UINT32_MAX - 1); break;
+        case OPT_SERVER_PID: o->server_pid = (long)number("--server-pid", optarg, 1, INT32_MAX); break;
+        case OPT_RESOLV_CONF: o->resolv_conf = optarg; break;
+        case OPT_CGROUP: PUSH("--cgroup", o->cgroups, o->n_cgroups, MAX_CGROUPS, optarg); break;
+        case OPT_ENV: PUSH("--env", o->env, o->n_env, MAX_ENV, optarg); break;
+        case OPT_UID: o->uid = (long)number("--uid", optarg, 0, UINT32_MAX - 1); break;
+        case OPT_GID: o->gid = (long)number("--gid", optarg, 0, UINT32_MAX - 1); break;
+        case OPT_RLIMIT:
+            if (o->n_limits >= MAX_LIMITS) die_msg("too many", "--rlimit");
+            parse_limit(optarg, &o->limit_res[o->n_limits], &o->limit_val[o->n_limits]);
             o->n_limits++;
-            i++;
-        } else die_msg("unknown option", a);
+            break;
+        }
+        at = optind;
     }
-    if (i >= argc) die_msg("usage", "oasis-init [OPTIONS] -- PROGRAM [ARG...]");
+    /* PROGRAM must follow a "--" of its own (not one taken as an option's value). */
+    if (optind >= argc || optind < 2 || strcmp(argv[optind - 1], "--") != 0 || argv[optind - 1] == last_value)
+        die_msg("usage", "oasis-init [OPTIONS] -- PROGRAM [ARG...]");
     if (o->root && !o->pidns) die_msg("usage", "--root needs --pidns (for its /proc)");
-    o->argv = &argv[i];
+    o->argv = &argv[optind];
 }
 
 int main(int argc, char **argv) {
+    /* Not in the option table: --hold-netns is a mode of its own, and --args-fd
+       comes first and splices the fd's options into the command line. */
     if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0) return hold_netns();
     if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
     struct options o;

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_server.exec_command import parse_target, save_file
-from sandbox_server.safefs import UnsafePath
+from oasis._safefs import UnsafePath
+from oasis.cli.exec import parse_target, save_file
 from sandbox_server.server import SandboxServer
 
 from ..conftest import REPO, StartServer
@@ -174,7 +174,7 @@ def test_parse_target_defaults_the_port(target: str, parsed: str) -> None:
      "[::1]x", "host:", "host:0", "host:70000", "host:http", ":50051", ""],
 )  # fmt: skip
 def test_parse_target_refuses_what_is_not_host_port(target: str) -> None:
-    with pytest.raises(ValueError, match="a target is host:port"):
+    with pytest.raises(ValueError, match="is not host:port"):
         parse_target(target)
 
 
@@ -191,7 +191,7 @@ async def test_exec_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
 
     for run in (url, not_utf8, half_tls):
         assert run.code == 2 and run.stderr.count("\n") == 1, run.stderr
-    assert "is not host:port; a target is host:port" in url.stderr
+    assert "is not host:port, such as 127.0.0.1:50051" in url.stderr
     assert f"{latin1} is not UTF-8 text (invalid byte at offset 10)" in not_utf8.stderr
     assert "--tls-cert and --tls-key go together" in half_tls.stderr
 

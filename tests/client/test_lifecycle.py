@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from oasis import (
     ToolCall,
     tool_dispatcher,
 )
-from oasis.code import GrpcRunner
+from oasis.code import GrpcRunner, RetryAttempt
 
 from ..conftest import StartServer
 from ..helpers import eventually
@@ -97,43 +96,59 @@ class Ledger:
 LEDGER_CODE = "call_tool('ran')\nset_result('done')"
 
 
-def retries_logged(caplog: pytest.LogCaptureFixture, code: str) -> int:
-    return sum(
-        1 for r in caplog.records if r.name == "oasis.code" and f"not started ({code}" in r.message
-    )
+def retried(retries: list[RetryAttempt], code: str) -> int:
+    return sum(1 for r in retries if r.error.code == code)
 
 
-async def test_retries_until_the_server_is_up(
-    start_server: StartServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="oasis.code")
+async def test_retries_until_the_server_is_up(start_server: StartServer, tmp_path: Path) -> None:
     port = free_port()
     ledger = Ledger()
-    async with GrpcRunner(f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1) as runner:
+    retries: list[RetryAttempt] = []
+    async with GrpcRunner(
+        f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1, on_retry=retries.append
+    ) as runner:
         task = asyncio.create_task(runner.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch()))
         # Only once the runner has failed to connect and scheduled a retry does the server start.
-        await eventually(lambda: retries_logged(caplog, "UNAVAILABLE"), timeout=10, what="a retry")
+        await eventually(lambda: retried(retries, "UNAVAILABLE"), timeout=10, what="a retry")
         await start_server(SANDBOX_GRPC_ADDR=f"127.0.0.1:{port}")
         result = await task
 
     assert (result.status, result.output) == (Status.OK, "done"), result.error
     assert ledger.runs == 1
+    assert {(r.operation, r.execution_id) for r in retries} == {("execute", result.execution_id)}
 
 
-async def test_gives_up_after_max_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="oasis.code")
-    async with GrpcRunner(f"127.0.0.1:{free_port()}", max_retries=2, retry_delay=0.05) as runner:
+async def test_gives_up_after_max_retries(tmp_path: Path) -> None:
+    retries: list[RetryAttempt] = []
+    async with GrpcRunner(
+        f"127.0.0.1:{free_port()}", max_retries=2, retry_delay=0.05, on_retry=retries.append
+    ) as runner:
         with pytest.raises(SandboxUnavailable) as info:
             await runner.run(CodeRequest(code="print(1)"), tool_dispatcher({}))
 
     assert info.value.code == "UNAVAILABLE"
-    assert retries_logged(caplog, "UNAVAILABLE") == 2
+    assert [(r.number, r.max_retries, r.error.code) for r in retries] == [
+        (1, 2, "UNAVAILABLE"),
+        (2, 2, "UNAVAILABLE"),
+    ]
+
+
+async def test_unary_calls_are_retried_while_unreachable(tmp_path: Path) -> None:
+    retries: list[RetryAttempt] = []
+    async with GrpcRunner(
+        f"127.0.0.1:{free_port()}", max_retries=1, retry_delay=0.05, on_retry=retries.append
+    ) as runner:
+        with pytest.raises(SandboxUnavailable):
+            await runner.info()
+        with pytest.raises(SandboxUnavailable):
+            await runner.delete_workspace("gone")
+
+    assert [(r.operation, r.number) for r in retries] == [("info", 1), ("delete_workspace", 1)]
 
 
 async def test_capacity_is_retried_and_the_code_runs_once(
-    start_server: StartServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, tmp_path: Path
 ) -> None:
-    caplog.set_level(logging.INFO, logger="oasis.code")
     server = await start_server(SANDBOX_MAX_CONCURRENT="1")
     target = f"127.0.0.1:{server.port}"
     held, release = asyncio.Event(), asyncio.Event()
@@ -157,12 +172,15 @@ async def test_capacity_is_retried_and_the_code_runs_once(
         assert info.value.code == "RESOURCE_EXHAUSTED"
         assert "capacity reached" in info.value.message
 
-        async with GrpcRunner(target, max_retries=10, retry_delay=0.1) as patient:
+        retries: list[RetryAttempt] = []
+        async with GrpcRunner(
+            target, max_retries=10, retry_delay=0.1, on_retry=retries.append
+        ) as patient:
             task = asyncio.create_task(
                 patient.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch())
             )
             await eventually(
-                lambda: retries_logged(caplog, "RESOURCE_EXHAUSTED"), timeout=10, what="a retry"
+                lambda: retried(retries, "RESOURCE_EXHAUSTED"), timeout=10, what="a retry"
             )
             assert ledger.runs == 0
             release.set()
@@ -190,7 +208,10 @@ async def test_no_retry_once_the_code_has_started(
         return DispatchResult(content="never delivered")
 
     code = LEDGER_CODE.replace("set_result('done')", "call_tool('crash')\nset_result('done')")
-    async with GrpcRunner(f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1) as runner:
+    retries: list[RetryAttempt] = []
+    async with GrpcRunner(
+        f"127.0.0.1:{port}", max_retries=8, retry_delay=0.1, on_retry=retries.append
+    ) as runner:
         task = asyncio.create_task(runner.run(CodeRequest(code=code), dispatch))
         await asyncio.wait_for(killed.wait(), 30)
         await doomed.process.wait()
@@ -203,6 +224,7 @@ async def test_no_retry_once_the_code_has_started(
         # the runner must not retry once the code has started.
         assert info.value.code in ("UNAVAILABLE", "INTERNAL"), info.value
         assert ledger.runs == 1
+        assert retries == []
 
         # The same runner works against the new server (and that run counts itself too).
         again = await runner.run(CodeRequest(code=LEDGER_CODE), ledger.dispatch())
@@ -216,3 +238,25 @@ async def test_aclose_is_idempotent_and_final(runner: GrpcRunner) -> None:
     await runner.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await runner.info()
+
+
+async def test_a_cancelled_run_waits_for_its_pending_tool_calls_to_end(runner: GrpcRunner) -> None:
+    """No dispatch outlives run(): its cancellation is awaited, cleanup included."""
+    started, cleaned_up = asyncio.Event(), asyncio.Event()
+
+    async def hang(call: ToolCall) -> DispatchResult:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.2)  # slow cleanup: run() must wait for it
+            cleaned_up.set()
+        raise AssertionError("unreachable")
+
+    task = asyncio.create_task(runner.run(CodeRequest(code="call_tool('hang')", timeout=60), hang))
+    await asyncio.wait_for(started.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert cleaned_up.is_set()

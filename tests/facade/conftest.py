@@ -53,6 +53,17 @@ class CallbackServer:
             return await self.answer(body)
         return web.json_response({"data": json.dumps(body["args"])})
 
+    def hold(self) -> asyncio.Event:
+        """Hold every tool call (and so the code) until the returned event is set."""
+        release = asyncio.Event()
+
+        async def answer(body: dict[str, Any]) -> web.Response:
+            await release.wait()
+            return web.json_response({"data": "released"})
+
+        self.answer = answer
+        return release
+
     async def wait_for_calls(self, count: int, within: float = 30.0) -> None:
         async with asyncio.timeout(within):
             while len(self.calls) < count:

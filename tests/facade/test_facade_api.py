@@ -227,7 +227,7 @@ async def test_bad_requests_are_400_with_an_error_field(
     status, answer = await execute(http, server, body)
 
     assert status == 400
-    assert list(answer) == ["error"]
+    assert (list(answer), answer["code"]) == (["error", "code"], "INVALID_ARGUMENT")
     assert message in answer["error"]
 
 
@@ -237,7 +237,10 @@ async def test_unsupported_runtime_names_the_supported_ones(
     status, answer = await execute(http, server, request("pass", runtime="ruby"))
 
     assert status == 400
-    assert answer == {"error": "unsupported runtime: ruby; supported: python, node"}
+    assert answer == {
+        "error": "unsupported runtime: ruby; supported: python, node",
+        "code": "INVALID_ARGUMENT",
+    }
 
 
 async def test_a_misspelt_field_is_400_naming_it_and_the_known_one(
@@ -301,7 +304,7 @@ async def test_a_value_of_the_wrong_type_is_shown_as_received(
     status, answer = await execute(http, server, request("pass", **fields))
 
     assert status == 400
-    assert answer == {"error": message}
+    assert answer == {"error": message, "code": "INVALID_ARGUMENT"}
 
 
 # -- 405, 413 ---------------------------------------------------------------------------
@@ -324,8 +327,9 @@ async def test_wrong_method_is_405(
         assert response.status == 405
         assert response.headers["Allow"] == allowed
         answer = await response.json()
-    assert list(answer) == ["error"]
+    assert list(answer) == ["error", "code"]
     assert method in answer["error"]
+    assert answer["code"] == "UNIMPLEMENTED"  # as gRPC answers a method it does not have
 
 
 async def test_unknown_path_is_a_json_404(
@@ -333,14 +337,17 @@ async def test_unknown_path_is_a_json_404(
 ) -> None:
     async with http.get(base_url(server) + "/v2/execute") as response:
         assert response.status == 404
-        assert await response.json() == {"error": "no such endpoint: GET /v2/execute"}
+        assert await response.json() == {
+            "error": "no such endpoint: GET /v2/execute",
+            "code": "NOT_FOUND",
+        }
 
 
 async def test_body_over_32_mib_is_413(http: aiohttp.ClientSession, server: SandboxServer) -> None:
     status, answer = await execute(http, server, b" " * (MAX_BODY + 1))
 
     assert status == 413
-    assert list(answer) == ["error"]
+    assert (list(answer), answer["code"]) == (["error", "code"], "INVALID_ARGUMENT")
     assert "32 MiB" in answer["error"]
 
 
@@ -353,29 +360,17 @@ async def test_chunked_body_over_32_mib_is_413(
 
     async with http.post(base_url(server) + "/execute", data=body()) as response:
         assert response.status == 413
-        assert list(await response.json()) == ["error"]
+        assert (await response.json())["code"] == "INVALID_ARGUMENT"
 
 
 # -- 503 --------------------------------------------------------------------------------
-
-
-def blocking_tool(callback: CallbackServer) -> asyncio.Event:
-    """Make the callback server hold every tool call until the returned event is set."""
-    release = asyncio.Event()
-
-    async def answer(body: dict[str, Any]) -> web.Response:
-        await release.wait()
-        return web.json_response({"data": "released"})
-
-    callback.answer = answer
-    return release
 
 
 async def test_capacity_reached_is_503(
     http: aiohttp.ClientSession, start_server: StartServer, callback: CallbackServer
 ) -> None:
     server = await start_server(SANDBOX_MAX_CONCURRENT="1")
-    release = blocking_tool(callback)
+    release = callback.hold()
     first = asyncio.create_task(
         execute(http, server, request("set_result(call_tool('wait'))", callback_url=callback.url))
     )
@@ -386,7 +381,7 @@ async def test_capacity_reached_is_503(
     first_status, first_body = await first
 
     assert status == 503
-    assert list(answer) == ["error"]
+    assert (list(answer), answer["code"]) == (["error", "code"], "RESOURCE_EXHAUSTED")
     assert "capacity reached" in answer["error"]
     assert (first_status, first_body["output"]) == (200, '"released"')
 
@@ -395,7 +390,7 @@ async def test_health_is_503_and_execute_refused_while_shutting_down(
     http: aiohttp.ClientSession, start_server: StartServer, callback: CallbackServer
 ) -> None:
     server = await start_server()
-    release = blocking_tool(callback)
+    release = callback.hold()
     running = asyncio.create_task(
         execute(http, server, request("set_result(call_tool('wait'))", callback_url=callback.url))
     )
@@ -416,8 +411,10 @@ async def test_health_is_503_and_execute_refused_while_shutting_down(
 
     assert health["status"] == "shutting_down"
     assert "shutting down" in health["error"]
+    assert health["code"] == "UNAVAILABLE"
     assert refused_status == 503
     assert "shutting down" in refused["error"]
+    assert refused["code"] == "UNAVAILABLE"  # not RESOURCE_EXHAUSTED: retry elsewhere, not later
     # The execution that was running when the shutdown began still finished.
     assert (running_status, running_body["output"]) == (200, '"released"')
 
@@ -439,6 +436,7 @@ async def test_delete_workspace_is_204_and_removes_the_session(
 
     async with http.delete(base_url(server) + "/workspace/del-me") as response:
         assert response.status == 204
+        assert response.headers["Oasis-Deleted"] == "true"
         assert await response.read() == b""
 
     assert (await execute(http, server, check))[1]["output"] == "false"
@@ -449,6 +447,7 @@ async def test_delete_unknown_workspace_is_204(
 ) -> None:
     async with http.delete(base_url(server) + "/workspace/never-created") as response:
         assert response.status == 204
+        assert response.headers["Oasis-Deleted"] == "false"
 
 
 async def test_delete_invalid_session_id_is_400(
@@ -456,7 +455,9 @@ async def test_delete_invalid_session_id_is_400(
 ) -> None:
     async with http.delete(base_url(server) + "/workspace/-bad") as response:
         assert response.status == 400
-        assert "invalid session_id" in (await response.json())["error"]
+        answer = await response.json()
+    assert "invalid session_id" in answer["error"]
+    assert answer["code"] == "INVALID_ARGUMENT"
 
 
 async def test_empty_session_id_is_a_one_off_workspace(
@@ -609,7 +610,7 @@ async def test_node_tool_call_through_the_callback(
 async def test_a_callback_that_never_answers_ends_with_the_execution_timeout(
     http: aiohttp.ClientSession, server: SandboxServer, callback: CallbackServer
 ) -> None:
-    blocking_tool(callback)  # never released
+    callback.hold()  # never released
     status, body = await execute(
         http, server, request("call_tool('hang')", timeout=2, callback_url=callback.url)
     )
@@ -626,7 +627,7 @@ async def test_client_disconnect_cancels_the_execution(
     http: aiohttp.ClientSession, start_server: StartServer, callback: CallbackServer
 ) -> None:
     server = await start_server(SANDBOX_MAX_CONCURRENT="1")
-    blocking_tool(callback)
+    callback.hold()
     marker = new_marker()
     code = (
         "import subprocess\n"

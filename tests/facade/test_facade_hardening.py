@@ -22,11 +22,12 @@ import pytest
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oasis.code import MiB
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
-from sandbox_server import facade, service
-from sandbox_server.config import MIB
-from sandbox_server.facade import MAX_BODY
+from sandbox_server import service
+from sandbox_server.facade import MAX_BODY, callbacks
+from sandbox_server.facade import request as facade_request
 from sandbox_server.server import SandboxServer
 
 from ..conftest import StartServer
@@ -78,16 +79,20 @@ def _status_kib(field: str) -> int:
 BROWSER = {"Content-Type": "text/plain", "Origin": "http://evil.example", "Host": "evil.example"}
 
 
+DENIED = (403, "PERMISSION_DENIED")
+NOT_JSON = (415, "INVALID_ARGUMENT")
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "message"),
     [
         # What a page on any site can send with fetch() and no CORS preflight.
-        (BROWSER, 403, "does not name this server"),
-        ({"Content-Type": "application/json", "Host": "rebound.example:9000"}, 403, "ALLOWED"),
-        ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403, "web page"),
-        ({"Content-Type": "application/json", "Origin": "null"}, 403, "web page"),
-        ({"Content-Type": "text/plain"}, 415, "application/json"),
-        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        (BROWSER, DENIED, "does not name this server"),
+        ({"Content-Type": "application/json", "Host": "rebound.example:9000"}, DENIED, "ALLOWED"),
+        ({"Content-Type": "application/json", "Origin": "http://evil.example"}, DENIED, "web page"),
+        ({"Content-Type": "application/json", "Origin": "null"}, DENIED, "web page"),
+        ({"Content-Type": "text/plain"}, NOT_JSON, "application/json"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, NOT_JSON, "application/json"),
     ],
 )
 async def test_what_a_web_page_can_send_is_refused_and_runs_nothing(
@@ -95,13 +100,14 @@ async def test_what_a_web_page_can_send_is_refused_and_runs_nothing(
     server: SandboxServer,
     callback: CallbackServer,
     headers: dict[str, str],
-    status: int,
+    status: tuple[int, str],
     message: str,
 ) -> None:
     attack = execute_body("call_tool('pwned')", callback_url=callback.url)
     refused, answer = await post_execute(http, server, attack, **headers)
 
-    assert (refused, list(answer)) == (status, ["error"])
+    assert (refused, answer.get("code")) == status
+    assert list(answer) == ["error", "code"]
     assert message in answer["error"]
     # The API's own kind of client still gets through; the refused code never called its tool.
     ok = execute_body("set_result(call_tool('ok'))", callback_url=callback.url)
@@ -113,10 +119,10 @@ async def test_deleting_a_workspace_from_a_page_is_refused(
     http: aiohttp.ClientSession, server: SandboxServer
 ) -> None:
     url = base_url(server) + "/workspace/s1"
-    async with http.delete(url, headers={"Origin": "http://evil.example"}) as response:
-        assert response.status == 403
-    async with http.delete(url, headers={"Host": "evil.example"}) as response:
-        assert response.status == 403
+    for headers in [{"Origin": "http://evil.example"}, {"Host": "evil.example"}]:
+        async with http.delete(url, headers=headers) as response:
+            assert response.status == 403
+            assert (await response.json())["code"] == "PERMISSION_DENIED"
 
 
 async def test_health_stays_open_to_any_host_and_origin(
@@ -194,13 +200,13 @@ async def test_a_body_of_millions_of_values_is_refused_before_they_are_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     converted = collections.Counter[str]()
-    input_file = facade._input_file
+    input_file = facade_request._input_file
 
     def counting_input_file(index: int, value: Any) -> Any:
         converted["files"] += 1
         return input_file(index, value)
 
-    monkeypatch.setattr(facade, "_input_file", counting_input_file)
+    monkeypatch.setattr(facade_request, "_input_file", counting_input_file)
     with peak_rss() as growth:
         refused = asyncio.create_task(post_execute(http, server, body))
         health: list[int] = []
@@ -216,7 +222,7 @@ async def test_a_body_of_millions_of_values_is_refused_before_they_are_built(
     assert set(health) == {200}
     assert converted["files"] == 0
     if growth:
-        assert growth[0] < 500 * MIB, f"peak memory grew by {growth[0] // MIB} MiB"
+        assert growth[0] < 500 * MiB, f"peak memory grew by {growth[0] // MiB} MiB"
 
 
 async def test_more_files_than_allowed_are_refused_before_they_are_decoded(
@@ -328,8 +334,8 @@ async def test_parallel_large_tool_calls_wait_for_room_and_all_complete(
     callback: CallbackServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(facade, "CALL_BYTES_PER_EXECUTION", 3 * CALL, raising=False)
-    monkeypatch.setattr(facade, "CALL_BYTES_TOTAL", 4 * CALL, raising=False)
+    monkeypatch.setattr(callbacks, "CALL_BYTES_PER_EXECUTION", 3 * CALL)
+    monkeypatch.setattr(callbacks, "CALL_BYTES_TOTAL", 4 * CALL)
     server = await start_server()
     probe = ConcurrencyProbe()
     callback.answer = probe.answer
@@ -360,7 +366,7 @@ async def test_a_tool_call_larger_than_the_budget_is_a_tool_error(
     callback: CallbackServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(facade, "CALL_BYTES_PER_EXECUTION", 256 * 1024, raising=False)
+    monkeypatch.setattr(callbacks, "CALL_BYTES_PER_EXECUTION", 256 * 1024)
     code = (
         "try:\n    call_tool('big', {'pad': 'x' * (512 * 1024)})\n"
         "except RuntimeError as exc:\n    set_result(str(exc))\n"

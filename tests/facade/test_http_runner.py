@@ -226,7 +226,8 @@ async def test_session_persistence_and_delete(runner: HTTPRunner, runtime: str) 
     dispatch = tool_dispatcher({})
 
     counts = [(await runner.run(request, dispatch)).output for _ in range(3)]
-    await runner.delete_workspace(session)
+    assert await runner.delete_workspace(session) is True
+    assert await runner.delete_workspace(session) is False  # parity with GrpcRunner
     after_delete = (await runner.run(request, dispatch)).output
 
     assert counts == [1, 2, 3]
@@ -293,7 +294,7 @@ async def test_bad_request_raises_invalid_request(runner: HTTPRunner) -> None:
     with pytest.raises(InvalidRequest) as caught:
         await runner.run(CodeRequest(code="x", runtime="cobol"), tool_dispatcher({}))
 
-    assert caught.value.code == "400"
+    assert (caught.value.code, caught.value.http_status) == ("INVALID_ARGUMENT", 400)
     assert str(caught.value) == "unsupported runtime: cobol; supported: python, node"
 
 
@@ -325,7 +326,7 @@ async def test_capacity_exhausted_after_the_last_attempt(start_server: StartServ
         release.set()
         assert (await first).status is Status.OK
 
-    assert caught.value.code == "503"
+    assert (caught.value.code, caught.value.http_status) == ("RESOURCE_EXHAUSTED", 503)
     assert "capacity reached" in caught.value.message
 
 
@@ -435,9 +436,9 @@ async def test_delete_workspace_errors_are_mapped(runner: HTTPRunner) -> None:
     with pytest.raises(InvalidRequest) as bad_id:
         await runner.delete_workspace("-no")
 
-    assert in_use.value.code == "409"
+    assert (in_use.value.code, in_use.value.http_status) == ("FAILED_PRECONDITION", 409)
     assert "running execution" in in_use.value.message
-    assert bad_id.value.code == "400"
+    assert (bad_id.value.code, bad_id.value.http_status) == ("INVALID_ARGUMENT", 400)
 
 
 async def test_callback_listener_uses_callback_addr(server: SandboxServer) -> None:

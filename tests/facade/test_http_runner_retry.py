@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,13 +22,11 @@ from oasis import (
     ToolCall,
     tool_dispatcher,
 )
-from oasis.code import HTTPRunner
+from oasis.code import HTTPRunner, RetryAttempt
 
 from ..conftest import StartServer
 from ..helpers import eventually
 from .conftest import base_url, free_port
-
-RETRY_LOGGER = "oasis.code._http"
 
 # Appends one line per run to a session file and reports it through a tool:
 # both the tool count and the file prove how often the code really ran.
@@ -45,23 +42,19 @@ def counting_dispatch() -> tuple[list[str], Dispatch]:
     return calls, tool_dispatcher({"ran": lambda: calls.append("ran") or "ok"})
 
 
-def retried(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(
-        "retry" in record.getMessage() for record in caplog.records if record.name == RETRY_LOGGER
-    )
-
-
 async def test_retries_until_a_server_that_was_not_up_yet_starts(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
+    start_server: StartServer,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=RETRY_LOGGER)
     port = free_port()
     calls, dispatch = counting_dispatch()
+    retries: list[RetryAttempt] = []
     request = CodeRequest(code=COUNTING_CODE, session_id=f"retry-{uuid.uuid4().hex[:8]}")
-    async with HTTPRunner(f"http://127.0.0.1:{port}", max_retries=8, retry_delay=0.2) as runner:
+    async with HTTPRunner(
+        f"http://127.0.0.1:{port}", max_retries=8, retry_delay=0.2, on_retry=retries.append
+    ) as runner:
         run = asyncio.create_task(runner.run(request, dispatch))
         # Only start the sandbox once the runner has been refused at least once.
-        await eventually(lambda: retried(caplog) >= 1 or run.done(), what="a refused attempt")
+        await eventually(lambda: retries or run.done(), what="a refused attempt")
         assert not run.done(), "run() ended before the sandbox was up"
         await start_server(SANDBOX_ADDR=f"127.0.0.1:{port}")
         result = await run
@@ -69,12 +62,13 @@ async def test_retries_until_a_server_that_was_not_up_yet_starts(
     assert result.status is Status.OK, result.error
     assert result.output == 1, "the code ran more than once"
     assert calls == ["ran"]
+    first = retries[0]
+    assert (first.operation, first.number, first.max_retries) == ("execute", 1, 8)
+    assert first.error.code == "UNAVAILABLE"
+    assert first.execution_id and {r.execution_id for r in retries} == {first.execution_id}
 
 
-async def test_retries_after_503_and_runs_the_code_once(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger=RETRY_LOGGER)
+async def test_retries_after_503_and_runs_the_code_once(start_server: StartServer) -> None:
     server = await start_server(SANDBOX_MAX_CONCURRENT="1")
     release = asyncio.Event()
     holding = asyncio.Event()
@@ -85,16 +79,21 @@ async def test_retries_after_503_and_runs_the_code_once(
         return DispatchResult(content="released")
 
     calls, dispatch = counting_dispatch()
+    retries: list[RetryAttempt] = []
     session = f"retry-{uuid.uuid4().hex[:8]}"
-    async with HTTPRunner(base_url(server), max_retries=8, retry_delay=0.2) as runner:
+    async with HTTPRunner(
+        base_url(server), max_retries=8, retry_delay=0.2, on_retry=retries.append
+    ) as runner:
         blocker = asyncio.create_task(runner.run(CodeRequest(code="call_tool('hold')"), hold))
         async with asyncio.timeout(30):
             await holding.wait()
         run = asyncio.create_task(
             runner.run(CodeRequest(code=COUNTING_CODE, session_id=session), dispatch)
         )
-        await eventually(lambda: retried(caplog) >= 1 or run.done(), what="a 503 and a retry")
+        await eventually(lambda: retries or run.done(), what="a 503 and a retry")
         assert not run.done()
+        assert isinstance(retries[0].error, CapacityExhausted)
+        assert retries[0].error.http_status == 503
         release.set()
         result = await run
         await blocker
@@ -117,13 +116,16 @@ async def test_connection_refused_without_retries_raises_unavailable() -> None:
 
 
 @asynccontextmanager
-async def fake_sandbox(status: int, error: str) -> AsyncIterator[tuple[str, list[bytes]]]:
+async def fake_sandbox(
+    status: int, error: str, code: str | None = None
+) -> AsyncIterator[tuple[str, list[bytes]]]:
     """A server with the /execute API that always fails; yields its URL and the bodies received."""
     received: list[bytes] = []
+    answer = {"error": error} if code is None else {"error": error, "code": code}
 
     async def execute(request: web.Request) -> web.Response:
         received.append(await request.read())
-        return web.json_response({"error": error}, status=status)
+        return web.json_response(answer, status=status)
 
     app = web.Application()
     app.router.add_post("/execute", execute)
@@ -137,44 +139,55 @@ async def fake_sandbox(status: int, error: str) -> AsyncIterator[tuple[str, list
 
 
 @pytest.mark.parametrize(
-    ("status", "error", "kind"),
+    ("status", "error", "kind", "code"),
     [
-        (400, "code is empty", InvalidRequest),
-        (500, "internal failure", SandboxError),
-        (502, "bad gateway", SandboxUnavailable),
+        (400, "code is empty", InvalidRequest, "INVALID_ARGUMENT"),
+        (500, "internal failure", SandboxError, "INTERNAL"),
+        (502, "bad gateway", SandboxUnavailable, "UNAVAILABLE"),
     ],
 )
 async def test_failures_after_the_request_arrived_are_not_retried(
-    status: int, error: str, kind: type[SandboxError]
+    status: int, error: str, kind: type[SandboxError], code: str
 ) -> None:
+    retries: list[RetryAttempt] = []
     async with (
         fake_sandbox(status, error) as (url, received),
-        HTTPRunner(url, max_retries=5, retry_delay=0.01) as runner,
+        HTTPRunner(url, max_retries=5, retry_delay=0.01, on_retry=retries.append) as runner,
     ):
         with pytest.raises(kind) as caught:
             await runner.run(CodeRequest(code="pass"), tool_dispatcher({}))
 
     assert len(received) == 1
-    assert (caught.value.code, caught.value.message) == (str(status), error)
+    assert retries == []
+    assert (caught.value.code, caught.value.http_status, caught.value.message) == (
+        code,
+        status,
+        error,
+    )
 
 
 @pytest.mark.parametrize(
-    ("error", "kind"),
+    ("error", "code", "kind"),
     [
-        ("capacity reached: 4 executions are running", CapacityExhausted),
-        ("the sandbox server is shutting down", SandboxUnavailable),
+        ("capacity reached: 4 executions are running", "RESOURCE_EXHAUSTED", CapacityExhausted),
+        ("the sandbox server is shutting down", "UNAVAILABLE", SandboxUnavailable),
     ],
 )
-async def test_503_is_retried_max_retries_times(error: str, kind: type[SandboxError]) -> None:
+async def test_503_is_retried_max_retries_times(
+    error: str, code: str, kind: type[SandboxError]
+) -> None:
+    retries: list[RetryAttempt] = []
     async with (
-        fake_sandbox(503, error) as (url, received),
-        HTTPRunner(url, max_retries=3, retry_delay=0.01) as runner,
+        fake_sandbox(503, error, code) as (url, received),
+        HTTPRunner(url, max_retries=3, retry_delay=0.01, on_retry=retries.append) as runner,
     ):
         with pytest.raises(kind) as caught:
             await runner.run(CodeRequest(code="pass"), tool_dispatcher({}))
 
     assert len(received) == 4  # the first attempt and three retries
-    assert caught.value.message == error
+    assert [r.number for r in retries] == [1, 2, 3]
+    assert all(isinstance(r.error, kind) for r in retries)
+    assert (caught.value.code, caught.value.message) == (code, error)
 
 
 async def test_a_connection_dropped_after_sending_is_not_retried() -> None:
@@ -187,11 +200,12 @@ async def test_a_connection_dropped_after_sending_is_not_retried() -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()  # no answer at all
 
+    retries: list[RetryAttempt] = []
     listener = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     try:
         async with HTTPRunner(
-            f"http://127.0.0.1:{port}", max_retries=5, retry_delay=0.01
+            f"http://127.0.0.1:{port}", max_retries=5, retry_delay=0.01, on_retry=retries.append
         ) as runner:
             with pytest.raises(SandboxUnavailable, match="may have run") as caught:
                 await runner.run(CodeRequest(code="pass"), tool_dispatcher({}))
@@ -200,4 +214,5 @@ async def test_a_connection_dropped_after_sending_is_not_retried() -> None:
         await listener.wait_closed()
 
     assert connections == 1
+    assert retries == []
     assert caught.value.code == "UNAVAILABLE"

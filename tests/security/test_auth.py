@@ -19,6 +19,7 @@ from oasis.code import GrpcRunner
 from oasis.errors import Unauthenticated
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+from sandbox_server import peers
 from sandbox_server.server import SandboxServer
 
 from ..conftest import StartServer
@@ -319,3 +320,26 @@ async def test_disguised_sockets_of_the_code_are_still_refused(
     assert result.output == {"grpc_bytes": 0, "http": 403}, result.error
     assert not (session_path(server, "victim") / "planted.txt").exists()
     assert outside.output == 1  # the same kind of local client, outside the sandbox, is served
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        ("ipv4:127.0.0.1:4242", ("127.0.0.1", 4242)),
+        ("ipv6:[::1]:4242", ("::1", 4242)),
+        ("ipv6:%5B::1%5D:4242", ("::1", 4242)),
+        ("ipv6:[fe80::1%25eth0]:80", ("fe80::1%eth0", 80)),
+    ],
+)
+def test_grpc_peers_are_parsed(peer: str, expected: tuple[str, int]) -> None:
+    assert peers.parse_grpc_peer(peer) == expected
+
+
+@pytest.mark.parametrize(
+    "peer", ["unix:/tmp/socket", "ipv4:127.0.0.1", "ipv4::4242", "ipv4:127.0.0.1:99999", "x"]
+)
+def test_unparsable_grpc_peers_are_treated_as_sandboxed(peer: str) -> None:
+    """Anything but a TCP peer with an address and a port is refused, as sandboxed code is."""
+    with pytest.raises(ValueError):
+        peers.parse_grpc_peer(peer)
+    assert peers.grpc_peer_is_sandboxed(peer, [50051])

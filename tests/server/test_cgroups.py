@@ -163,7 +163,7 @@ def test_v2_prepare_enables_controllers_in_an_empty_group(tmp_path: Path) -> Non
         tmp_path / "own",
         {"cgroup.type": "domain\n", "cgroup.procs": "", "cgroup.subtree_control": "cpu\n"},
     )
-    cgroups._V2(delegate(base)).prepare()
+    cgroups.V2Tree(delegate(base)).prepare()
     assert (base / "cgroup.subtree_control").read_text() == "+memory +pids"
 
 
@@ -174,7 +174,7 @@ def test_v2_prepare_never_rearranges_a_cgroup_not_delegated(tmp_path: Path) -> N
         {"cgroup.type": "domain\n", "cgroup.procs": "1\n", "cgroup.subtree_control": ""},
     )
     with pytest.raises(cgroups.CgroupError, match="not delegated"):
-        cgroups._V2(base).prepare()
+        cgroups.V2Tree(base).prepare()
     assert not (base / cgroups.SERVER_LEAF).exists()
     assert (base / "cgroup.subtree_control").read_text() == ""
 
@@ -188,7 +188,7 @@ def test_v2_prepare_moves_processes_to_the_leaf_first(tmp_path: Path) -> None:
     group(base / cgroups.SERVER_LEAF, {"cgroup.procs": ""})
     # A fake folder never empties as the kernel would: the move is tried, then refused.
     with pytest.raises(cgroups.CgroupError):
-        cgroups._V2(base).prepare()
+        cgroups.V2Tree(base).prepare()
     assert (base / cgroups.SERVER_LEAF / "cgroup.procs").read_text() == "1"
     assert (base / "cgroup.subtree_control").read_text() == ""
 
@@ -196,13 +196,13 @@ def test_v2_prepare_moves_processes_to_the_leaf_first(tmp_path: Path) -> None:
 def test_v2_prepare_leaves_the_root_and_enabled_groups_alone(tmp_path: Path) -> None:
     # The root cgroup (no cgroup.type) may hold processes and still enable controllers.
     root = group(tmp_path / "root", {"cgroup.procs": "1\n", "cgroup.subtree_control": ""})
-    cgroups._V2(root).prepare()
+    cgroups.V2Tree(root).prepare()
     assert (root / "cgroup.subtree_control").read_text() == "+memory +pids"
     assert not (root / cgroups.SERVER_LEAF).exists()
     done = group(
         tmp_path / "done", {"cgroup.type": "domain", "cgroup.subtree_control": "memory pids"}
     )
-    cgroups._V2(done).prepare()
+    cgroups.V2Tree(done).prepare()
     assert (done / "cgroup.subtree_control").read_text() == "memory pids"
 
 
@@ -220,13 +220,13 @@ def test_leftovers_of_dead_servers_only(tmp_path: Path) -> None:
     for name in names.values():
         group(base / name / "1-sessions-x")
     (base / names["busy"] / "1-sessions-x" / "cgroup.procs").write_text("4242\n")
-    cgroups._V2(base).remove_leftovers(ns)
+    cgroups.V2Tree(base).remove_leftovers(ns)
     left = sorted(p.name for p in base.iterdir())
     assert left == sorted(v for k, v in names.items() if k != "dead")
 
 
 def test_only_our_groups_are_ever_killed_or_removed(tmp_path: Path) -> None:
-    tree = cgroups._V2(group(tmp_path / "own"))
+    tree = cgroups.V2Tree(group(tmp_path / "own"))
     for rel in ("", "x", "oasis-1-2-ab/../..", "../oasis-1-2-ab"):
         with pytest.raises(ValueError):
             tree.remove(rel)

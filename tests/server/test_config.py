@@ -12,6 +12,7 @@ from sandbox_server import config as config_module
 from sandbox_server.errors import StartError
 from sandbox_server.isolation import Network
 from sandbox_server.launcher import IsolationUnavailable
+from sandbox_server.settings import SETTINGS
 
 from ..conftest import REPO, StartServer, runtime_python
 from ..helpers import eventually
@@ -198,3 +199,40 @@ async def test_a_prebuilt_oasis_init_that_is_not_executable_is_named(
     not_a_program.write_text("")
     with pytest.raises(StartError, match="SANDBOX_INIT_BIN"):
         await start_server(SANDBOX_INIT_BIN=str(not_a_program))
+
+
+def test_the_settings_table_shows_the_defaults_load_uses(tmp_path: Path) -> None:
+    """settings.py writes each default as `serve --help` shows it; the value is the
+    dataclass's, and the two must agree."""
+    shown = {setting.name: setting.default for setting in SETTINGS}
+    parse_duration, parse_size = config_module.parse_duration, config_module.parse_size
+    config = load(tmp_path)
+    limits = config.limits
+    values = {
+        "SANDBOX_GRPC_ADDR": (str, config.grpc_addr),
+        "SANDBOX_ADDR": (str, config.http_addr),
+        "SANDBOX_MAX_CONCURRENT": (int, config.max_concurrent),
+        "SANDBOX_MAX_SESSIONS": (int, config.max_sessions),
+        "SANDBOX_SESSION_TTL": (parse_duration, config.session_ttl),
+        "SANDBOX_MAX_OUTPUT": (parse_size, config.max_output),
+        "SANDBOX_MAX_RESULT": (parse_size, config.max_result),
+        "SANDBOX_DEFAULT_TIMEOUT": (parse_duration, config.default_timeout),
+        "SANDBOX_MAX_TIMEOUT": (parse_duration, config.max_timeout),
+        "SANDBOX_SHUTDOWN_GRACE": (parse_duration, config.shutdown_grace),
+        "SANDBOX_MAX_CONNECTIONS": (int, config.max_connections),
+        "SANDBOX_MAX_CODE_SIZE": (parse_size, config.max_code_size),
+        "SANDBOX_MAX_INPUT_FILES": (int, config.max_input_files),
+        "SANDBOX_CPU_TIME": (parse_duration, limits.cpu_time),
+        "SANDBOX_MEMORY": (parse_size, limits.memory),
+        "SANDBOX_MAX_PROCESSES": (int, limits.processes),
+        "SANDBOX_MAX_OPEN_FILES": (int, limits.open_files),
+        "SANDBOX_MAX_FILE_SIZE": (parse_size, limits.file_size),
+        "SANDBOX_WORKSPACE_SIZE": (parse_size, limits.workspace_size),
+        "SANDBOX_WORKSPACE_FILES": (int, limits.workspace_files),
+        "SANDBOX_TMP_SIZE": (parse_size, limits.tmp_size),
+        "SANDBOX_MAX_OUTPUT_FILES": (int, limits.output_files),
+        "SANDBOX_MAX_OUTPUT_SIZE": (parse_size, limits.output_size),
+    }
+    for name, (parse, value) in values.items():
+        assert parse(shown[name]) == value, name
+    assert shown["SANDBOX_ISOLATION"] == config.isolation.label

@@ -191,3 +191,19 @@ async def test_sessions_are_capped(start_server: StartServer) -> None:
         assert (await client.run("set_result(2)", session_id="one")).output == 2
         assert await delete(stub, "two")
         assert (await client.run("set_result(3)", session_id="three")).output == 3
+
+
+async def test_a_new_session_used_at_once_by_many_is_made_once(start_server: StartServer) -> None:
+    """Executions starting together on a new session share one workspace (its mount is made
+    off the event loop, once), and the session cap counts it once."""
+    server = await start_server(SANDBOX_MAX_SESSIONS="1")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        client = SandboxClient(channel)
+        runs = await asyncio.gather(
+            *(
+                client.run("import os\nset_result(os.getcwd())", session_id="shared")
+                for _ in range(4)
+            )
+        )
+        assert len({run.output for run in runs}) == 1
+        assert all(run.status == "OK" for run in runs), [run.result.error for run in runs]

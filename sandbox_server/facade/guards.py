@@ -1,9 +1,12 @@
-"""Guards in front of the HTTP facade: it answers programs, not web pages, and
-holds bounded resources however it is flooded.
+"""Guards in front of the HTTP facade: who may call it, and how many connections at once.
 
-- `same_origin`: a foreign `Origin` (CSRF) or `Host` (DNS rebinding) is refused;
-- `ConnectionCap`: at most SANDBOX_MAX_CONNECTIONS connections at once;
-- `ByteBudget`: tool-call bytes in flight, shared by executions, with backpressure.
+It answers programs, not web pages, and holds bounded resources however it
+is flooded:
+
+- `bearer_token`: everything but GET /health needs SANDBOX_AUTH_TOKEN, when set (401);
+- `no_sandboxed_peers`: sandboxed code may reach the port, but gets only /health (403);
+- `same_origin`: a foreign `Origin` (CSRF) or `Host` (DNS rebinding) is refused (403);
+- `ConnectionCap`: at most SANDBOX_MAX_CONNECTIONS connections at once.
 """
 
 from __future__ import annotations
@@ -19,13 +22,52 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .. import peers
+from ..auth import token_matches
+from ..errors import Code
+from .response import error
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+def bearer_token(token: str) -> Any:
+    """Everything but GET /health needs `Authorization: Bearer <token>` (SANDBOX_AUTH_TOKEN)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/health" or token_matches(request.headers.get("Authorization"), token):
+            return await handler(request)
+        return error(
+            Code.UNAUTHENTICATED,
+            "missing or wrong bearer token: send `Authorization: Bearer <SANDBOX_AUTH_TOKEN>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    return check
+
+
+@web.middleware
+async def no_sandboxed_peers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Sandboxed code may reach this port (SANDBOX_NETWORK=host) but gets only /health."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    own = transport.get_extra_info("sockname") if transport else None
+    if request.path != "/health" and (
+        not peer
+        or not own
+        # A sock_diag netlink query: off the loop, as the gRPC interceptor does it.
+        or await asyncio.to_thread(peers.is_sandboxed, _scoped(peer), peer[1], [own[1]], own[0])
+    ):
+        return error(Code.PERMISSION_DENIED, peers.MESSAGE)
+    return await handler(request)
+
+
+def _scoped(address: tuple[Any, ...]) -> str:
+    """An IPv6 socket address's host with its scope (`fe80::1%4`): link-local needs it."""
+    host = str(address[0])
+    return f"{host}%{address[3]}" if len(address) == 4 and address[3] else host
 
 
 def same_origin(hosts: HostCheck) -> Any:
@@ -41,15 +83,15 @@ def same_origin(hosts: HostCheck) -> Any:
         host = request.headers.get("Host")
         local = request.transport.get_extra_info("sockname") if request.transport else None
         if host is not None and not hosts.accepts(host, local[0] if local else None):
-            return json_error(
-                403,
+            return error(
+                Code.PERMISSION_DENIED,
                 f"Host {host[:100]!r} does not name this server; to reach it by that name "
                 "add the name to SANDBOX_ALLOWED_HOSTS (a DNS-rebinding defence)",
             )
         origin = request.headers.get("Origin")
         if origin is not None and origin.lower() not in _own_origins(host):
-            return json_error(
-                403,
+            return error(
+                Code.PERMISSION_DENIED,
                 f"requests from web pages are refused (Origin {origin[:100]!r}); "
                 "call the API from a program, not from a browser",
             )
@@ -226,28 +268,3 @@ class _Refused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         cast(asyncio.Transport, transport).abort()
-
-
-# -- request parsing ------------------------------------------------------------
-
-
-class ByteBudget:
-    """Bytes that may be in use at once; `acquire` waits until enough are free."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        """The most ever in use at once (for diagnostics and tests)."""
-        self._freed = asyncio.Event()
-
-    async def acquire(self, size: int) -> None:
-        while self.used + size > self.limit:
-            self._freed.clear()
-            await self._freed.wait()
-        self.used += size
-        self.peak = max(self.peak, self.used)
-
-    def release(self, size: int) -> None:
-        self.used -= size
-        self._freed.set()

@@ -1,0 +1,1 @@
+"""Client commands behind `oasis-sandbox` (`exec`); `serve` lives in sandbox_server."""
