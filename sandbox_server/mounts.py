@@ -10,6 +10,7 @@ The calls block, so async code runs them through `off_loop`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 from collections.abc import Callable
@@ -77,6 +78,8 @@ async def off_loop(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        await asyncio.wait([work])
+        while not work.done():  # a second cancel must not end the wait either
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])
         work.exception()  # seen: the caller gets the cancel, not a stray warning
         raise

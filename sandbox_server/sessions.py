@@ -190,12 +190,18 @@ class Workspaces:
                 await self._discard(workspace)
             return
         check_session_id(session_id)
-        session = self._sessions.get(session_id)
-        if session is None:
+        path = self._sessions_dir / session_id
+        while (session := self._sessions.get(session_id)) is None:
+            if (removing := self._removing.get(path)) is not None:
+                # The same id, deleted a moment ago: wait until its name is free,
+                # outside the lock, so other sessions are created meanwhile.
+                await asyncio.shield(removing)
+                continue
             # Creating awaits the mount: one creator at a time keeps a session made
             # once and the count exact; it is registered only once mounted.
             async with self._creating:
-                session = self._sessions.get(session_id) or await self._new_session(session_id)
+                if session_id not in self._sessions and path not in self._removing:
+                    await self._new_session(session_id)
         session.active += 1
         try:
             yield session.workspace
@@ -249,16 +255,15 @@ class Workspaces:
         return session
 
     async def _create(self, path: Path) -> Workspace:
-        removing = self._removing.get(path)
-        if removing is not None:
-            # The same session, deleted a moment ago: its folder must be gone first.
-            await asyncio.shield(removing)
         uid = self._allocate_uid() if self.per_session_uid else None
         try:
             await mounts.off_loop(self._make_folder, path, uid)
-        except asyncio.CancelledError:
-            # off_loop let the call end: the folder may well exist.
-            await mounts.off_loop(_remove_folder, path)
+        except BaseException as exc:
+            if uid is not None:
+                self._uids_in_use.discard(uid)
+            if isinstance(exc, asyncio.CancelledError):
+                # off_loop let the call end: the folder may well exist.
+                await mounts.off_loop(_remove_folder, path)
             raise
         return Workspace(path, uid)
 
@@ -302,15 +307,24 @@ class Workspaces:
         return True
 
     async def _discard(self, workspace: Workspace) -> None:
-        removed = asyncio.get_running_loop().create_future()
-        self._removing[workspace.path] = removed
+        freed = asyncio.get_running_loop().create_future()
+        self._removing[workspace.path] = freed
+        trash = None
         try:
-            await self._release(workspace)
+            trash = await self._release(workspace)
         finally:
+            # The name is free (unmounted and removed, or renamed away): a new
+            # session of the same id may start while the old files are deleted.
             del self._removing[workspace.path]
-            removed.set_result(None)
+            freed.set_result(None)
+        if trash is not None:
+            try:
+                await remove_tree(trash)
+            except OSError:
+                log.exception("could not remove workspace %s", trash)
 
-    async def _release(self, workspace: Workspace) -> None:
+    async def _release(self, workspace: Workspace) -> Path | None:
+        """Stop the workspace's processes and free its name; the folder left to delete."""
         network = self._networks.pop(workspace.path)
         group = self._groups.pop(workspace.path)
         if network is not None:
@@ -325,26 +339,25 @@ class Workspaces:
             if group is not None:
                 # First: no process of the session may outlive it (this never raises).
                 await group.remove()
-            await self._remove(workspace.path)
+            # One thread call, so a cancel cannot split the unmount from the rmdir.
+            return await mounts.off_loop(self._free_name, workspace.path)
         finally:
             if workspace.uid is not None:
                 self._uids_in_use.discard(workspace.uid)
 
-    async def _remove(self, path: Path) -> None:
-        if await mounts.off_loop(mounts.unmount, path):
+    def _free_name(self, path: Path) -> Path | None:
+        """Unmount and remove `path`, or rename it to the trash; the trash folder, if any."""
+        if mounts.unmount(path):
             # A tmpfs: unmounting freed everything, without walking user files.
             os.rmdir(path)
-            return
-        # Rename first so the name is free at once, then delete at leisure.
+            return None
+        # Rename so the name is free at once; the caller deletes the files at leisure.
         trash = self._trash_dir / f"{path.name}.{secrets.token_hex(4)}"
         try:
             os.rename(path, trash)
         except FileNotFoundError:
-            return
-        try:
-            await remove_tree(trash)
-        except OSError:
-            log.exception("could not remove workspace %s", trash)
+            return None
+        return trash
 
     async def _remove_leftovers(self) -> None:
         await mounts.off_loop(mounts.unmount_under, self._root)
