@@ -57,5 +57,7 @@ format: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .runtime .pytest_cache .mypy_cache .ruff_cache
 
+# Every launcher mode side by side: a table, bench/results/latest.json and latest.png.
+# BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS="--quick"` (see --help).
 bench: install
-	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/python bench/bench_execute.py
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""The sandbox's benchmark harness: `make bench`, or `python -m bench --help`."""
