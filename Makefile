@@ -42,8 +42,12 @@ run: install
 demo: install
 	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python exec $(BIN)/oasis-sandbox demo
 
+# Everything under the default warm launcher, then the security and protocol
+# suites again with every execution started cold.
 test: install
 	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python $(BIN)/pytest
+	SANDBOX_PYTHON_BIN=$(CURDIR)/$(RUNTIME)/bin/python SANDBOX_LAUNCHER=cold \
+		$(BIN)/pytest tests/security tests/server/test_protocol.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

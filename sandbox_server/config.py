@@ -80,6 +80,11 @@ class Config:
     """SANDBOX_INIT_BIN: a prebuilt oasis-init (the container image sets it); else built once."""
     tls_client_ca: Path | None = None
     """With a CA, clients must present a certificate it signed (mutual TLS)."""
+    launcher: str = "warm"
+    """SANDBOX_LAUNCHER: `warm` forks Python executions from a preloaded zygote;
+    `cold` starts a new interpreter for each (comparison and debugging)."""
+    preload: tuple[str, ...] = ()
+    """SANDBOX_PRELOAD: modules the warm zygote imports besides the data stack."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -260,7 +265,29 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         init_bin=Path(raw_init) if (raw_init := get("SANDBOX_INIT_BIN")) else None,
+        launcher=_launcher(get("SANDBOX_LAUNCHER")),
+        preload=_modules("SANDBOX_PRELOAD", get("SANDBOX_PRELOAD")),
     )
+
+
+def _launcher(value: str | None) -> str:
+    mode = (value or Config.launcher).lower()
+    if mode not in ("warm", "cold"):
+        raise ConfigError(f"SANDBOX_LAUNCHER: {value!r} is not warm or cold")
+    return mode
+
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _modules(name: str, value: str | None) -> tuple[str, ...]:
+    """A comma-separated list of importable module names."""
+    found = []
+    for item in filter(None, (part.strip() for part in (value or "").split(","))):
+        if not _MODULE.fullmatch(item):
+            raise ConfigError(f"{name}: {item!r} is not a module name such as scipy.stats")
+        found.append(item)
+    return tuple(found)
 
 
 def _flag(name: str, value: str | None) -> bool:

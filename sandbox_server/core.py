@@ -23,8 +23,10 @@ from .config import Config
 from .errors import Code, RequestError, invalid
 from .execution import Execution
 from .isolation import Level, Network, Policy, readable_roots
-from .launcher import IsolationUnavailable, Launcher
+from .launcher import IsolationUnavailable, Launcher, PoolState
+from .launcher.build import LIBRARY_NAME, BuildError, ensure_init_library
 from .launcher.network import Egress, NetworkUnavailable, write_resolv_conf
+from .launcher.warm import python_pool
 from .model import ExecutionSpec, Status
 from .runtimes import PRELUDES, Runtime, probe_all
 from .sessions import ID, Workspaces, check_session_id
@@ -45,6 +47,7 @@ class Info:
     version: str
     resource_control: str = "rlimits"
     """How session memory and processes are capped: "cgroup v2", "cgroup v1" or "rlimits"."""
+    pools: tuple[PoolState, ...] = ()
 
 
 class Sandbox:
@@ -90,9 +93,12 @@ class Sandbox:
             )
         if launcher.policy.network is Network.EGRESS:
             workspaces.egress = launcher.egress
+        if config.launcher == "warm":
+            await _open_warm_pools(config, runtimes, launcher)
         return cls(config, runtimes, launcher, workspaces)
 
     async def close(self) -> None:
+        await self._launcher.close()
         await self._workspaces.close()
 
     @property
@@ -114,6 +120,7 @@ class Sandbox:
             isolation=self.isolation,
             version=__version__,
             resource_control=self.cgroups.mechanism.value,
+            pools=tuple(self._launcher.pool_states()),
         )
 
     def open(self, spec: ExecutionSpec) -> Execution:
@@ -285,6 +292,28 @@ def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) 
         strongest=strongest,
         prebuilt_init=config.init_bin,
     )
+
+
+async def _open_warm_pools(
+    config: Config, runtimes: dict[str, Runtime], launcher: Launcher
+) -> None:
+    """Start the Python zygote in the background; until it is ready, runs start cold."""
+    try:
+        library = await asyncio.to_thread(
+            ensure_init_library, config.workspace_root / "bin", config.init_bin
+        )
+    except BuildError as exc:
+        log.warning("SANDBOX_LAUNCHER=warm: %s; every execution starts cold", exc)
+        return
+    if library is None:
+        log.warning(
+            "SANDBOX_LAUNCHER=warm: no %s beside SANDBOX_INIT_BIN; every execution starts cold",
+            LIBRARY_NAME,
+        )
+        return
+    pool = python_pool(runtimes["python"], library, config.preload)
+    launcher.pools[pool.runtime] = pool
+    pool.open()
 
 
 async def _choose_network(config: Config, launcher: Launcher) -> None:

@@ -38,7 +38,7 @@ from .config import Config
 from .errors import RequestError, invalid
 from .installer import MAX_PENDING_INSTALLS, Installer
 from .isolation import describe_size, limit_hint
-from .launcher import Launcher, LaunchSpec, Process
+from .launcher import Launcher, LaunchSpec, Process, WarmStart
 from .logs import LogCollector
 from .model import (
     Event,
@@ -52,7 +52,7 @@ from .model import (
     ToolCallEvent,
 )
 from .outputs import MAX_ERROR
-from .runtimes import Runtime
+from .runtimes import PACKAGES_DIR, Runtime
 from .sessions import Workspace, Workspaces
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,11 @@ class _Run:
                     memory=ex._runtime.address_space,
                     netns_fd=network.fd if network else None,
                     cgroups=group.folders if group else (),
+                    warm=WarmStart(
+                        runtime=ex._runtime.name,
+                        channel=theirs,
+                        packages=self.workspace / PACKAGES_DIR / ex._runtime.name,
+                    ),
                 )
             )
         except BaseException:

@@ -203,4 +203,16 @@ class SandboxService(pb_grpc.SandboxServicer):
             server_version=info.version,
             network=self._sandbox.network.value,
             resource_control=info.resource_control,
+            launcher=config.launcher,
+            pools=[
+                pb.GetInfoResponse.Pool(
+                    runtime=pool.runtime,
+                    ready=pool.ready,
+                    warm_starts=pool.warm_starts,
+                    cold_starts=pool.cold_starts,
+                    restarts=pool.restarts,
+                    preloaded=pool.preloaded,
+                )
+                for pool in info.pools
+            ],
         )

@@ -49,6 +49,8 @@ SETTINGS = (
     Setting("SANDBOX_MAX_CODE_SIZE", "1MiB", "largest code accepted"),
     Setting("SANDBOX_MAX_INPUT_FILES", "100", "input files per request"),
     Setting("SANDBOX_INIT_BIN", "built on first start", "a prebuilt oasis-init"),
+    Setting("SANDBOX_LAUNCHER", "warm", "warm: fork Python runs from a preloaded zygote; cold"),
+    Setting("SANDBOX_PRELOAD", "none", "more modules the warm zygote imports (comma-separated)"),
     Setting("SANDBOX_CPU_TIME", "60s", "CPU time per execution"),
     Setting("SANDBOX_MEMORY", "1GiB", "memory per process"),
     Setting("SANDBOX_SESSION_MEMORY", "MEMORY + WORKSPACE_SIZE", "memory of a session's cgroup"),

@@ -38,6 +38,9 @@ def make_config(workspace: Path, **env: str) -> config_module.Config:
         "SANDBOX_PYTHON_BIN": runtime_python(),
         "SANDBOX_SHUTDOWN_GRACE": "2s",
     }
+    # `make test` runs the security and protocol suites again with SANDBOX_LAUNCHER=cold.
+    if "SANDBOX_LAUNCHER" in os.environ:
+        values["SANDBOX_LAUNCHER"] = os.environ["SANDBOX_LAUNCHER"]
     values.update(env)
     return config_module.load(values)
 

@@ -10,7 +10,6 @@ warm pools go behind the same interface.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -24,13 +23,32 @@ from ..errors import StartError
 from ..isolation import UID_BASE, Level, Policy
 from .build import BuildError, ensure_init_binary
 from .network import Egress
+from .process import ExecProcess, Process
+from .warm import PoolState, WarmPool
 
-__all__ = ["BuildError", "IsolationUnavailable", "LaunchSpec", "Launcher", "Process"]
+__all__ = [
+    "BuildError",
+    "IsolationUnavailable",
+    "LaunchSpec",
+    "Launcher",
+    "PoolState",
+    "Process",
+    "WarmStart",
+]
 
 log = logging.getLogger(__name__)
 
-# After asking oasis-init to stop the tree, how long before SIGKILL to it.
-_KILL_BACKSTOP = 1.0
+
+@dataclass(frozen=True, kw_only=True)
+class WarmStart:
+    """What a warm pool needs to serve a start in place of exec'ing its argv."""
+
+    runtime: str
+    channel: tuple[int, int]
+    """The prelude's channel fds (the last two arguments of argv)."""
+    packages: Path
+    """The session's own installed packages: a warm start is declined when they
+    hold a module the pool preloaded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,47 +68,12 @@ class LaunchSpec:
     """Address-space limit in bytes, or None."""
     tmp_size: int | None = None
     """Size of the private /tmp, when not the policy's."""
+    warm: WarmStart | None = None
+    """Set when a warm process of this runtime may serve the start (SANDBOX_LAUNCHER=warm)."""
 
 
 class IsolationUnavailable(StartError):
     """The host cannot provide the isolation level the configuration demands."""
-
-
-class Process:
-    """A running execution: its output pipes, its exit, and a tree-wide kill."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
-        assert proc.stdout is not None and proc.stderr is not None
-        self.stdout: asyncio.StreamReader = proc.stdout
-        self.stderr: asyncio.StreamReader = proc.stderr
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
-
-    async def wait(self) -> int:
-        """The exit code, or -N when killed by signal N."""
-        return await self._proc.wait()
-
-    async def kill(self) -> None:
-        """Stop every process of the execution, including setsid'd descendants."""
-        if self._proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            # oasis-init kills the tree on SIGTERM and then exits.
-            self._proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._proc.wait()), _KILL_BACKSTOP)
-        except TimeoutError:
-            log.warning("oasis-init %d did not stop its tree in time; killing it", self.pid)
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
 
 
 class Launcher:
@@ -102,6 +85,8 @@ class Launcher:
         self.policy = policy
         self.egress: Egress | None = None
         """Makes egress-only networks (sessions under egress; installers unless the network is host)."""
+        self.pools: dict[str, WarmPool] = {}
+        """Warm pools by runtime name (none under SANDBOX_LAUNCHER=cold)."""
 
     @property
     def level(self) -> Level:
@@ -160,31 +145,58 @@ class Launcher:
             return _runs([self._init, *args, "--", *argv], cwd=folder)
 
     async def start(self, spec: LaunchSpec) -> Process:
+        pool = self.pools.get(spec.warm.runtime) if spec.warm is not None else None
+        if pool is not None and spec.warm is not None:
+            forked = await pool.start(
+                options_for=lambda parent, extra: self._options_fd(spec, parent, extra),
+                cwd=spec.cwd,
+                pass_fds=self._pass_fds(spec),
+                channel=spec.warm.channel,
+                packages=spec.warm.packages,
+            )
+            if forked is not None:
+                return forked
+        # The options travel through a memfd, not the command line: the code can
+        # read /proc/1/cmdline, which must not show env values or host paths.
+        options = self._options_fd(spec, os.getpid(), 0)
+        try:
+            proc = await self._spawn(spec, options, (options, *self._pass_fds(spec)))
+        finally:
+            os.close(options)
+        return ExecProcess(proc)
+
+    def _options_fd(self, spec: LaunchSpec, parent_pid: int, extra_memory: int) -> int:
+        """oasis-init's options for `spec`, in a memfd.
+
+        `parent_pid` is the process that starts oasis-init (it exits at once if
+        that one is gone); a warm child's address-space limit counts from what
+        the zygote had mapped (`extra_memory`), so the code gets the same room."""
+        memory = spec.memory + extra_memory if spec.memory is not None else None
         args = self.policy.init_args(
             uid=spec.uid,
             workspace=spec.cwd,
-            memory=spec.memory,
+            memory=memory,
             netns_fd=spec.netns_fd,
             tmp_size=spec.tmp_size,
         )
         for folder in spec.cgroups:
             args += ["--cgroup", folder]
-        args += ["--server-pid", str(os.getpid())]
+        args += ["--server-pid", str(parent_pid)]
         for name, value in spec.env.items():
             args += ["--env", f"{name}={value}"]
-        # The options travel through a memfd, not the command line: the code can
-        # read /proc/1/cmdline, which must not show env values or host paths.
-        options = _options_fd(args)
-        pass_fds = (
-            options,
-            *spec.pass_fds,
-            *([spec.netns_fd] if spec.netns_fd is not None else []),
-        )
-        try:
-            proc = await self._spawn(spec, options, pass_fds)
-        finally:
-            os.close(options)
-        return Process(proc)
+        return _options_fd(args)
+
+    @staticmethod
+    def _pass_fds(spec: LaunchSpec) -> tuple[int, ...]:
+        return (*spec.pass_fds, *([spec.netns_fd] if spec.netns_fd is not None else []))
+
+    def pool_states(self) -> list[PoolState]:
+        return [pool.state() for pool in self.pools.values()]
+
+    async def close(self) -> None:
+        """Stop the warm pools (their zygotes and anything still forked from them)."""
+        for pool in self.pools.values():
+            await pool.close()
 
     async def _spawn(
         self, spec: LaunchSpec, options: int, pass_fds: tuple[int, ...]

@@ -32,28 +32,49 @@ def ensure_init_binary(cache_dir: Path, prebuilt: Path | None = None) -> Path:
         if not os.access(prebuilt, os.X_OK):
             raise BuildError(f"SANDBOX_INIT_BIN: {str(prebuilt)!r} is not an executable file")
         return prebuilt
+    return _build(cache_dir, "oasis-init", ())
+
+
+def ensure_init_library(cache_dir: Path, prebuilt_init: Path | None = None) -> Path | None:
+    """liboasis-init.so, the same steps for the warm launcher's forked children.
+
+    Next to a prebuilt SANDBOX_INIT_BIN when there is one (None when it is
+    missing: the server then starts every execution cold), else built like
+    the binary.
+    """
+    if prebuilt_init is not None:
+        beside = prebuilt_init.with_name(LIBRARY_NAME)
+        return beside if beside.is_file() else None
+    return _build(cache_dir, "liboasis-init", ("-shared", "-fPIC", "-DOASIS_LIBRARY"), ".so")
+
+
+LIBRARY_NAME = "liboasis-init.so"
+
+
+def _build(cache_dir: Path, name: str, extra: tuple[str, ...], suffix: str = "") -> Path:
+    flags = (*FLAGS, *extra)
     # The flags are part of the key: changing them rebuilds, like changing the source.
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
-    target = cache_dir / f"oasis-init-{key}"
-    if os.access(target, os.X_OK):
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    target = cache_dir / f"{name}-{key}{suffix}"
+    if target.is_file():
         return target
     # CC stays here, not in config: it is the build tools' convention, not a server setting.
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise BuildError(
-            "no C compiler to build oasis-init: install gcc or set SANDBOX_INIT_BIN "
+            f"no C compiler to build {name}: install gcc or set SANDBOX_INIT_BIN "
             "to a binary built from sandbox_server/launcher/oasis_init.c"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     done = subprocess.run(
-        [compiler, *FLAGS, "-o", str(partial), str(SOURCE)],
+        [compiler, *flags, "-o", str(partial), str(SOURCE)],
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        raise BuildError(f"building oasis-init failed:\n{done.stderr.strip()}")
+        raise BuildError(f"building {name} failed:\n{done.stderr.strip()}")
     partial.chmod(0o755)
     partial.replace(target)
     return target

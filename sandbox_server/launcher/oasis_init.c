@@ -45,6 +45,10 @@
  * child subreaper of the tree: when PROGRAM ends, or on SIGTERM, every
  * process left is killed, including ones that called setsid.
  *
+ * Built with -DOASIS_LIBRARY it is liboasis-init.so instead: the same steps
+ * behind oasis_confine(), which a preloaded interpreter (the warm launcher's
+ * zygote) calls in a forked process in place of exec'ing a program.
+ *
  * One file on purpose, though long: build.py compiles it alone with nothing
  * but a C compiler; its sections (process tree, mounts, seccomp, options, main)
  * read top to bottom, each using only what comes before it.
@@ -544,7 +548,10 @@ static void drop_privileges(const struct options *o) {
     if (o->seccomp) install_seccomp();
 }
 
-static void exec_program(const struct options *o) {
+/* The last steps in the program's own process: default signals, limits, the
+   uid drop and seccomp. What follows is the program (execve, or the warm
+   runtime's own code when built as a library). */
+static void enter_program(const struct options *o) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
@@ -555,9 +562,6 @@ static void exec_program(const struct options *o) {
     /* The pdeath signal is cleared by the uid change: set it again, so the
        program dies with us even without a pid namespace. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    execve(o->argv[0], o->argv, (char **)o->env);
-    fprintf(stderr, "oasis-init: cannot run %s: %s\n", o->argv[0], strerror(errno));
-    _exit(127);
 }
 
 /* pid 1 only waits and reports: it keeps no capability, runs as a uid of its
@@ -573,9 +577,10 @@ static void drop_init_privileges(const struct options *o) {
 }
 
 /*
- * pid 1 of the namespace: runs the program as pid 2, reaps orphans, and
- * reports the program's wait status to the supervisor through `report`.
- * When pid 1 exits the kernel kills everything else in the namespace.
+ * pid 1 of the namespace: forks the program as pid 2 (the only process that
+ * returns from here), reaps orphans, and reports the program's wait status to
+ * the supervisor through `report`. When pid 1 exits the kernel kills
+ * everything else in the namespace.
  */
 static void namespace_init(const struct options *o, int report) {
     if (o->root) build_root(o);
@@ -585,7 +590,7 @@ static void namespace_init(const struct options *o, int report) {
     if (program < 0) die("fork");
     if (program == 0) {
         close(report);
-        exec_program(o);
+        return;
     }
     if (o->uid >= 0 && o->init_uid >= 0) drop_init_privileges(o);
     int status = 0;
@@ -621,6 +626,7 @@ static void join_cgroup(const char *dir) {
     close(fd);
 }
 
+#ifndef OASIS_LIBRARY
 /* --hold-netns: a network namespace that lives as long as our stdin is open. */
 static int hold_netns(void) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -632,6 +638,7 @@ static int hold_netns(void) {
     }
     return 0;
 }
+#endif
 
 /* Options after --args-fd come from the fd, NUL-separated, followed by the
    rest of the command line (the PROGRAM part). */
@@ -771,32 +778,31 @@ static void parse_options(int argc, char **argv, struct options *o) {
     o->argv = &argv[optind];
 }
 
-int main(int argc, char **argv) {
-    /* Not in the option table: --hold-netns is a mode of its own, and --args-fd
-       comes first and splices the fd's options into the command line. */
-    if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0) return hold_netns();
-    if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
-    struct options o;
-    parse_options(argc, argv, &o);
-
+/*
+ * Every isolation step, from the command line's options. Returns only in the
+ * program's own process, isolated and with privileges dropped; the supervisor
+ * (this process) and the namespace's pid 1 wait for the program and exit.
+ */
+static void confine(struct options *o) {
     pid_t self = getpid();
     /* If the server dies, take the whole execution down with us; if it died
        before the death signal was armed, stop here. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (o.server_pid > 0 && getppid() != (pid_t)o.server_pid) die_msg("start", "the server is gone");
+    if (o->server_pid > 0 && getppid() != (pid_t)o->server_pid) die_msg("start", "the server is gone");
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) die("subreaper");
 
     /* Children inherit the cgroup: join before anything is forked. */
-    for (int i = 0; i < o.n_cgroups; i++) join_cgroup(o.cgroups[i]);
-    if (o.join_netns >= 0) {
-        if (setns(o.join_netns, CLONE_NEWNET) != 0) die("join network namespace");
-        close(o.join_netns);
+    for (int i = 0; i < o->n_cgroups; i++) join_cgroup(o->cgroups[i]);
+    if (o->join_netns >= 0) {
+        if (setns(o->join_netns, CLONE_NEWNET) != 0) die("join network namespace");
+        close(o->join_netns);
     }
 
     /* With a new root, also a cgroup namespace: /proc/self/cgroup then shows "/",
        not the host's cgroup paths. */
-    int flags = (o.root && o.n_cgroups ? CLONE_NEWCGROUP : 0) | (o.pidns ? CLONE_NEWPID : 0) | (o.netns ? CLONE_NEWNET : 0) | (o.ipcns ? CLONE_NEWIPC : 0) |
-                (o.utsns ? CLONE_NEWUTS : 0) | (o.root ? CLONE_NEWNS : 0);
+    int flags = (o->root && o->n_cgroups ? CLONE_NEWCGROUP : 0) | (o->pidns ? CLONE_NEWPID : 0) |
+                (o->netns ? CLONE_NEWNET : 0) | (o->ipcns ? CLONE_NEWIPC : 0) |
+                (o->utsns ? CLONE_NEWUTS : 0) | (o->root ? CLONE_NEWNS : 0);
     if (flags && unshare(flags) != 0) die("unshare");
 
     struct sigaction sa;
@@ -807,7 +813,7 @@ int main(int argc, char **argv) {
     sigaction(SIGHUP, &sa, NULL);
 
     int report[2] = {-1, -1};
-    if (o.pidns && pipe2(report, O_CLOEXEC) != 0) die("pipe");
+    if (o->pidns && pipe2(report, O_CLOEXEC) != 0) die("pipe");
 
     pid_t child = fork();
     if (child < 0) die("fork");
@@ -817,14 +823,15 @@ int main(int argc, char **argv) {
         /* In a new pid namespace the parent lies outside it and shows as 0. */
         pid_t parent = getppid();
         if (parent != self && parent != 0) _exit(125);
-        if (o.pidns) {
+        if (o->pidns) {
             close(report[0]);
-            namespace_init(&o, report[1]);
+            namespace_init(o, report[1]);
         }
-        exec_program(&o);
+        enter_program(o);
+        return;
     }
     program_pid = child;
-    if (o.pidns) close(report[1]);
+    if (o->pidns) close(report[1]);
 
     int status = 0;
     for (;;) {
@@ -833,7 +840,7 @@ int main(int argc, char **argv) {
         if (done == child) break;
         if (done < 0 && errno != EINTR) { status = 0; break; }
     }
-    if (o.pidns) {
+    if (o->pidns) {
         /* The namespace init reports the program's own status; without a
            report, setup failed (125) or the init itself was killed. */
         int program_status;
@@ -842,5 +849,34 @@ int main(int argc, char **argv) {
     }
     kill_tree(self);
     exit_like(status);
-    return 0;
 }
+
+#ifdef OASIS_LIBRARY
+/*
+ * The warm runtimes' entry (liboasis-init.so, called in a process forked from
+ * a preloaded interpreter): the same options as the command line, the same
+ * steps, and instead of execve it returns PROGRAM's environment (the --env
+ * values, NULL-terminated) for the caller to install. Returns only in the
+ * program's process; a failed step exits 125 like the command does.
+ */
+char **oasis_confine(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
+    static struct options o;
+    parse_options(argc, argv, &o);
+    confine(&o);
+    return o.env;
+}
+#else
+int main(int argc, char **argv) {
+    /* Not in the option table: --hold-netns is a mode of its own, and --args-fd
+       comes first and splices the fd's options into the command line. */
+    if (argc == 2 && strcmp(argv[1], "--hold-netns") == 0) return hold_netns();
+    if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
+    struct options o;
+    parse_options(argc, argv, &o);
+    confine(&o);
+    execve(o.argv[0], o.argv, (char **)o.env);
+    fprintf(stderr, "oasis-init: cannot run %s: %s\n", o.argv[0], strerror(errno));
+    _exit(127);
+}
+#endif

@@ -618,12 +618,56 @@ class GetInfoResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class Pool(_message.Message):
+        """A warm pool: the processes kept ready for one runtime."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RUNTIME_FIELD_NUMBER: _builtins.int
+        READY_FIELD_NUMBER: _builtins.int
+        WARM_STARTS_FIELD_NUMBER: _builtins.int
+        COLD_STARTS_FIELD_NUMBER: _builtins.int
+        RESTARTS_FIELD_NUMBER: _builtins.int
+        PRELOADED_FIELD_NUMBER: _builtins.int
+        runtime: _builtins.str
+        ready: _builtins.bool
+        """Whether the pool can serve the next start; while not, starts are cold."""
+        warm_starts: _builtins.int
+        """Starts served warm, and starts that fell back to cold (the pool was not
+        ready, or the session installed its own copy of a preloaded package).
+        """
+        cold_starts: _builtins.int
+        restarts: _builtins.int
+        """How often the pool's process died and was replaced."""
+        @_builtins.property
+        def preloaded(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+            """Modules imported before the code runs."""
+
+        def __init__(
+            self,
+            *,
+            runtime: _builtins.str = ...,
+            ready: _builtins.bool = ...,
+            warm_starts: _builtins.int = ...,
+            cold_starts: _builtins.int = ...,
+            restarts: _builtins.int = ...,
+            preloaded: _abc.Iterable[_builtins.str] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["cold_starts", b"cold_starts", "preloaded", b"preloaded", "ready", b"ready", "restarts", b"restarts", "runtime", b"runtime", "warm_starts", b"warm_starts"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUNTIMES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     RESOURCE_CONTROL_FIELD_NUMBER: _builtins.int
+    LAUNCHER_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
     isolation: _builtins.str
     """"none", "uid" or "namespaces"."""
     server_version: _builtins.str
@@ -636,10 +680,16 @@ class GetInfoResponse(_message.Message):
     """How session memory and processes are capped: "cgroup v2", "cgroup v1", or
     "rlimits" (per process only).
     """
+    launcher: _builtins.str
+    """How executions start (SANDBOX_LAUNCHER): "warm" (forked from a preloaded
+    process where a pool is ready) or "cold" (a new interpreter each time).
+    """
     @_builtins.property
     def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Runtime]: ...
     @_builtins.property
     def limits(self) -> Global___GetInfoResponse.Limits: ...
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Pool]: ...
     def __init__(
         self,
         *,
@@ -649,10 +699,12 @@ class GetInfoResponse(_message.Message):
         server_version: _builtins.str = ...,
         network: _builtins.str = ...,
         resource_control: _builtins.str = ...,
+        launcher: _builtins.str = ...,
+        pools: _abc.Iterable[Global___GetInfoResponse.Pool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "limits", b"limits", "network", b"network", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "launcher", b"launcher", "limits", b"limits", "network", b"network", "pools", b"pools", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,7 +1,8 @@
 """Runs one execution's Python code inside the sandbox.
 
-Started as `python -I -S -u python_prelude.py IN OUT`, where IN and OUT are
-pipes from and to the server carrying JSON lines. The first line received is
+Started as `python -I -S -u python_prelude.py IN OUT` (cold), or called as
+`main(IN, OUT)` in a process forked from the warm zygote (python_zygote.py),
+where IN and OUT are pipes from and to the server carrying JSON lines. The first line received is
 the start message (code, import paths). The code gets call_tool,
 call_tools_parallel, set_result and install_package as globals; stdout and
 stderr are plain logs and are never parsed, so nothing the code prints can
@@ -16,13 +17,19 @@ import threading
 # Imports cost start time on every execution: traceback is loaded only on an
 # error, and the module type comes from `sys` instead of `types`.
 
-# Keep the channel off its well-known numbers and out of child processes
-# (os.dup makes non-inheritable copies).
-_reader = os.fdopen(os.dup(int(sys.argv[1])), "rb")
-_out = os.dup(int(sys.argv[2]))
-os.close(int(sys.argv[1]))
-os.close(int(sys.argv[2]))
+_reader = None  # the channel, opened by main()
+_out = -1
 _send_lock = threading.Lock()
+
+
+def _open_channel(in_fd, out_fd):
+    # Keep the channel off its well-known numbers and out of child processes
+    # (os.dup makes non-inheritable copies).
+    global _reader, _out
+    _reader = os.fdopen(os.dup(in_fd), "rb")
+    _out = os.dup(out_fd)
+    os.close(in_fd)
+    os.close(out_fd)
 
 
 def _send(message):
@@ -260,8 +267,14 @@ def _run():
     return 0
 
 
+def main(in_fd, out_fd):
+    """Run one execution over the channel IN/OUT; returns the exit code."""
+    _open_channel(in_fd, out_fd)
+    return _run()
+
+
 if __name__ == "__main__":
-    _exit_code = _run()
+    _exit_code = main(int(sys.argv[1]), int(sys.argv[2]))
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(_exit_code)

@@ -1,0 +1,161 @@
+"""A running execution as the server sees it, whichever way it was started.
+
+Both kinds stop the same way: SIGTERM to the supervisor (oasis-init's own
+process, or its forked twin under the warm launcher), which kills the whole
+tree and exits; SIGKILL after a second if it did not.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# After asking the supervisor to stop the tree, how long before SIGKILL to it.
+KILL_BACKSTOP = 1.0
+
+
+class Process(abc.ABC):
+    """A running execution: its output pipes, its exit, and a tree-wide kill."""
+
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def returncode(self) -> int | None: ...
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """The exit code, or -N when killed by signal N."""
+
+    @abc.abstractmethod
+    def _signal(self, sig: int) -> None: ...
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Let go of what the server holds for a process that has ended."""
+
+    async def kill(self) -> None:
+        """Stop every process of the execution, including setsid'd descendants.
+
+        Called once the run is over, too: it then releases the output pipes."""
+        try:
+            await self._stop()
+        finally:
+            self._release()
+
+    async def _stop(self) -> None:
+        if self.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.wait()), KILL_BACKSTOP)
+        except TimeoutError:
+            log.warning("the supervisor %d did not stop its tree in time; killing it", self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self._signal(signal.SIGKILL)
+            await self.wait()
+
+
+class ExecProcess(Process):
+    """oasis-init exec'd by the server: a child it waits for itself."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        assert proc.stdout is not None and proc.stderr is not None
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    def _signal(self, sig: int) -> None:
+        self._proc.send_signal(sig)
+
+    def _release(self) -> None:
+        """Nothing: asyncio's subprocess transport closes the pipes itself."""
+
+
+class ForkedProcess(Process):
+    """A child of the warm zygote: signalled through its pidfd, its exit reported by
+    the zygote (which alone can wait for it)."""
+
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        exit_code: asyncio.Future[int],
+        output: tuple[PipeReader, PipeReader],
+    ) -> None:
+        self._pid = pid
+        self._pidfd = pidfd
+        self._exit = exit_code
+        self._output = output
+        self.stdout = output[0].reader
+        self.stderr = output[1].reader
+        exit_code.add_done_callback(lambda _: self._close_pidfd())
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        if self._exit.done() and not self._exit.cancelled():
+            return self._exit.result()
+        return None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def _signal(self, sig: int) -> None:
+        # The pidfd names this process and no other, even once its pid is reused.
+        if self._pidfd < 0:
+            raise ProcessLookupError(self._pid)
+        signal.pidfd_send_signal(self._pidfd, sig)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _release(self) -> None:
+        if self.returncode is not None:
+            for pipe in self._output:
+                pipe.transport.close()
+
+
+@dataclass(frozen=True)
+class PipeReader:
+    reader: asyncio.StreamReader
+    transport: asyncio.BaseTransport
+
+
+async def pipe_reader(fd: int) -> PipeReader:
+    """An asyncio reader over the read end of a pipe (which it takes over)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**16, loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", buffering=0)
+    )
+    return PipeReader(reader, transport)

@@ -1,0 +1,271 @@
+"""The warm launcher: Python executions forked from a preloaded zygote.
+
+Correctness only (speed is `make bench`): a warm child is as fresh and as
+confined as a cold start, a session's own packages win over preloaded ones,
+the pool survives its zygote dying, and nothing outlives the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from oasis.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.config import ConfigError, load
+from sandbox_server.server import SandboxServer
+
+from ..conftest import StartServer
+from ..helpers import eventually
+from ..sandbox_client import SandboxClient
+
+ZYGOTE = "python_zygote.py"
+
+
+async def pool(client: SandboxClient) -> pb.GetInfoResponse.Pool:
+    info = await client.stub.GetInfo(pb.GetInfoRequest())
+    assert info.launcher == "warm"
+    (python,) = info.pools
+    return python
+
+
+async def ready_pool(client: SandboxClient) -> pb.GetInfoResponse.Pool:
+    async def ready() -> pb.GetInfoResponse.Pool | None:
+        state = await pool(client)
+        return state if state.ready else None
+
+    # The zygote imports numpy, pandas and matplotlib: seconds on a busy machine.
+    result: pb.GetInfoResponse.Pool = await eventually(ready, timeout=90, what="a ready zygote")
+    return result
+
+
+def zygotes() -> set[int]:
+    """Zygote processes started by this test process's servers."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if any(part.endswith(ZYGOTE.encode()) for part in cmdline) and parent == os.getpid():
+            found.add(int(entry))
+    return found
+
+
+@pytest.fixture
+async def warm(start_server: StartServer) -> tuple[SandboxServer, SandboxClient]:
+    server = await start_server(SANDBOX_LAUNCHER="warm")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    client = SandboxClient(channel)
+    await ready_pool(client)
+    return server, client
+
+
+async def run_ok(client: SandboxClient, code: str, session_id: str = "") -> object:
+    outcome = await client.run(code, session_id=session_id)
+    assert outcome.status == "OK", outcome.result.error or outcome.result.logs
+    return outcome.output
+
+
+async def test_executions_are_served_warm_with_the_stack_preloaded(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    _, client = warm
+    before = await pool(client)
+    assert {"numpy", "pandas", "matplotlib"} <= set(before.preloaded)
+    code = (
+        "import sys, os\n"
+        "set_result({'pandas': 'pandas' in sys.modules, 'pid': os.getpid(), 'uid': os.getuid(),"
+        " 'main': sorted(k for k in vars(sys.modules['__main__']) if k[0] != '_' and k not in ('os', 'sys'))})"
+    )
+    output = await run_ok(client, code)
+    assert isinstance(output, dict)
+    # Imported before the code asked; still pid 2 of its own namespace under a session uid.
+    assert output["pandas"] is True
+    assert output["pid"] == 2
+    assert output["uid"] != 0
+    # A fresh __main__: only what the prelude gives the code.
+    assert output["main"] == ["call_tool", "call_tools_parallel", "install_package", "set_result"]
+    after = await pool(client)
+    assert after.warm_starts == before.warm_starts + 1
+    assert after.cold_starts == before.cold_starts
+
+
+LEAVE_TRACES = """
+import builtins, os, random, subprocess, sys, types
+import numpy, pandas
+builtins.oasis_leak = 1
+pandas.set_option("display.max_rows", 3)
+json_dumps = __import__("json").dumps
+__import__("json").dumps = lambda *a, **k: "patched"
+sys.modules["oasis_leaky_module"] = types.ModuleType("oasis_leaky_module")
+os.environ["OASIS_LEAK"] = "1"
+open("/tmp/oasis-leak.txt", "w").write("left")
+keep = open("/tmp/oasis-leak-fd.txt", "w")
+os.set_inheritable(keep.fileno(), True)
+subprocess.Popen(["sleep", "60"], start_new_session=True)
+__import__("json").dumps = json_dumps
+set_result([random.random(), float(numpy.random.random())])
+"""
+
+FIND_TRACES = """
+import builtins, json, os, random, sys
+import numpy, pandas
+fds = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass
+set_result({
+    "builtin": hasattr(builtins, "oasis_leak"),
+    "pandas_option": pandas.get_option("display.max_rows"),
+    "patched_json": json.dumps(1) == "patched",
+    "module": "oasis_leaky_module" in sys.modules,
+    "env": "OASIS_LEAK" in os.environ,
+    "tmp_file": os.path.exists("/tmp/oasis-leak.txt"),
+    "fd": any("oasis-leak" in target for target in fds),
+    "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "random": [random.random(), float(numpy.random.random())],
+})
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("", ""), ("warm-one", "warm-one"), ("warm-alice", "warm-bob")],
+    ids=["no-session", "same-session", "across-sessions"],
+)
+async def test_nothing_carries_over_between_warm_executions(
+    warm: tuple[SandboxServer, SandboxClient], first: str, second: str
+) -> None:
+    _, client = warm
+    before = await pool(client)
+    seeds = await run_ok(client, LEAVE_TRACES, first)
+    found = await run_ok(client, FIND_TRACES, second)
+    assert (await pool(client)).warm_starts == before.warm_starts + 2, "both runs must be warm"
+    assert isinstance(found, dict)
+    assert found.pop("pandas_option") == 60
+    assert found.pop("processes") == [1, 2], "only the namespace's init and the code itself"
+    fresh = found.pop("random")
+    assert fresh[0] != seeds[0], "random was not reseeded"  # type: ignore[index]
+    assert fresh[1] != seeds[1], "numpy.random was not reseeded"  # type: ignore[index]
+    assert found == {
+        "builtin": False,
+        "patched_json": False,
+        "module": False,
+        "env": False,
+        "tmp_file": False,
+        "fd": False,
+    }
+
+
+async def test_random_state_differs_between_children(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    """Every child inherits the zygote's generators: each must be reseeded, not only changed."""
+    _, client = warm
+    code = "import random, numpy\nset_result([random.getrandbits(64), int(numpy.random.randint(2**62))])"
+    draws = [await run_ok(client, code) for _ in range(4)]
+    assert len({json.dumps(draw) for draw in draws}) == 4
+
+
+async def test_a_session_package_shadowing_a_preloaded_one_is_imported(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    """A session that installed its own pandas gets it: the warm path steps aside."""
+    _, client = warm
+    # What install_package would leave: the package in the session's own folder.
+    plant = (
+        "import os\n"
+        "os.makedirs('.oasis/python/pandas', exist_ok=True)\n"
+        "open('.oasis/python/pandas/__init__.py', 'w').write('OWN = \"session copy\"')\n"
+        "set_result(True)"
+    )
+    await run_ok(client, plant, "own-pandas")
+    before = await pool(client)
+    output = await run_ok(
+        client, "import pandas\nset_result(getattr(pandas, 'OWN', None))", "own-pandas"
+    )
+    assert output == "session copy"
+    after = await pool(client)
+    assert after.cold_starts == before.cold_starts + 1
+    # Another session still gets the preloaded pandas, warm.
+    other = await run_ok(client, "import pandas\nset_result(hasattr(pandas, 'DataFrame'))")
+    assert other is True
+    assert (await pool(client)).warm_starts == after.warm_starts + 1
+
+
+async def test_the_pool_recovers_when_its_zygote_is_killed(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    _, client = warm
+    (zygote,) = zygotes()
+    os.kill(zygote, signal.SIGKILL)
+    # The next execution succeeds at once, cold while the zygote restarts.
+    assert await run_ok(client, "set_result(6 * 7)") == 42
+    state = await ready_pool(client)
+    assert state.restarts == 1
+    assert zygotes() and zygote not in zygotes()
+    before = state.warm_starts
+    assert await run_ok(client, "set_result(6 * 7)") == 42
+    assert (await pool(client)).warm_starts == before + 1
+
+
+async def test_an_execution_ends_when_its_zygote_dies_under_it(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    _, client = warm
+    (zygote,) = zygotes()
+    started = asyncio.Event()
+    running = asyncio.create_task(
+        client.run(
+            "import time\ncall_tool('started')\ntime.sleep(60)",
+            tools={"started": lambda: started.set() or 1},
+        )
+    )
+    await asyncio.wait_for(started.wait(), 30)
+    os.kill(zygote, signal.SIGKILL)
+    outcome = await asyncio.wait_for(running, 20)
+    assert outcome.status != "OK"
+    assert await run_ok(client, "set_result('after')") == "after"
+
+
+async def test_shutdown_leaves_no_zygote_behind(start_server: StartServer) -> None:
+    before = zygotes()
+    server = await start_server(SANDBOX_LAUNCHER="warm")
+    client = SandboxClient(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+    await ready_pool(client)
+    started = zygotes() - before
+    assert len(started) == 1
+    await server.stop(grace=0)
+    await eventually(lambda: not (zygotes() & started), what="the zygote to exit")
+
+
+async def test_cold_launcher_starts_every_execution_fresh(start_server: StartServer) -> None:
+    server = await start_server(SANDBOX_LAUNCHER="cold")
+    client = SandboxClient(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+    info = await client.stub.GetInfo(pb.GetInfoRequest())
+    assert (info.launcher, list(info.pools)) == ("cold", [])
+    assert await run_ok(client, "import sys\nset_result('pandas' in sys.modules)") is False
+
+
+def test_launcher_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="SANDBOX_LAUNCHER: 'tepid' is not warm or cold"):
+        load({"SANDBOX_LAUNCHER": "tepid"})
+    with pytest.raises(ConfigError, match="SANDBOX_PRELOAD: 'os;rm' is not a module name"):
+        load({"SANDBOX_PRELOAD": "scipy, os;rm"})
+    assert load({"SANDBOX_PRELOAD": "scipy, sklearn.linear_model"}).preload == (
+        "scipy",
+        "sklearn.linear_model",
+    )
+    assert load({}).launcher == "warm"
