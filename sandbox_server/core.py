@@ -93,7 +93,8 @@ class Sandbox:
             )
         if launcher.policy.network is Network.EGRESS:
             workspaces.egress = launcher.egress
-        if config.launcher == "warm":
+        if config.launcher == "warm" and launcher.level is Level.NAMESPACES:
+            # Warm children enter namespaces built for them: below that level, all start cold.
             await _open_warm_pools(config, runtimes, launcher)
         return cls(config, runtimes, launcher, workspaces)
 

@@ -23,7 +23,7 @@ from ..errors import StartError
 from ..isolation import UID_BASE, Level, Policy
 from .build import BuildError, ensure_init_binary
 from .network import Egress
-from .process import ExecProcess, Process
+from .process import BoxedProcess, ExecProcess, Process
 from .warm import PoolState, WarmPool
 
 __all__ = [
@@ -145,43 +145,104 @@ class Launcher:
             return _runs([self._init, *args, "--", *argv], cwd=folder)
 
     async def start(self, spec: LaunchSpec) -> Process:
-        pool = self.pools.get(spec.warm.runtime) if spec.warm is not None else None
-        if pool is not None and spec.warm is not None:
-            forked = await pool.start(
-                options_for=lambda parent, extra: self._options_fd(spec, parent, extra),
-                cwd=spec.cwd,
-                pass_fds=self._pass_fds(spec),
-                channel=spec.warm.channel,
-                packages=spec.warm.packages,
-            )
-            if forked is not None:
-                return forked
+        warm = spec.warm
+        pool = self.pools.get(warm.runtime) if warm is not None else None
+        if warm is not None and pool is not None:
+            if pool.accepts(warm.packages) and self._boxes:
+                boxed = await self._start_boxed(spec, warm, pool)
+                if boxed is not None:
+                    return boxed
+            else:
+                pool.decline()
         # The options travel through a memfd, not the command line: the code can
         # read /proc/1/cmdline, which must not show env values or host paths.
         options = self._options_fd(spec, os.getpid(), 0)
         try:
-            proc = await self._spawn(spec, options, (options, *self._pass_fds(spec)))
+            proc = await self._spawn(spec.argv, spec.cwd, options, self._pass_fds(spec))
         finally:
             os.close(options)
         return ExecProcess(proc)
 
-    def _options_fd(self, spec: LaunchSpec, parent_pid: int, extra_memory: int) -> int:
+    @property
+    def _boxes(self) -> bool:
+        """Whether warm children can run here: they enter namespaces that oasis-init
+        --box builds for them, so below level `namespaces` every start is cold."""
+        return self.level is Level.NAMESPACES and self.policy.pid_namespace
+
+    async def _start_boxed(
+        self, spec: LaunchSpec, warm: WarmStart, pool: WarmPool
+    ) -> Process | None:
+        """oasis-init --box builds the run's namespaces and root, then a forked
+        child enters them; None (a cold start follows) when either step fails."""
+        box_options = self._options_fd(spec, os.getpid(), 0, box=True)
+        try:
+            # The box gets the session's network to join, and nothing of the channel.
+            network = (spec.netns_fd,) if spec.netns_fd is not None else ()
+            proc = await self._spawn(["box"], spec.cwd, box_options, network)
+        finally:
+            os.close(box_options)
+        box = ExecProcess(proc)
+        namespaces: list[int] = []
+        child: Process | None = None
+        try:
+            init_pid = await _box_ready(box)
+            if init_pid is None:
+                pool.decline()
+                return None
+            namespaces = _open_namespaces(init_pid)
+            pidns, *entered = namespaces
+            child = await pool.start(
+                options_for=lambda parent, extra: self._options_fd(
+                    spec, parent, extra, enter=entered
+                ),
+                cwd=spec.cwd,
+                pass_fds=(*spec.pass_fds, *entered),
+                channel=warm.channel,
+                packages=warm.packages,
+                box_pid_namespace=pidns,
+            )
+            return BoxedProcess(box, child) if child is not None else None
+        except OSError as exc:
+            log.warning("warm box failed, starting cold: %s", exc)
+            pool.decline()
+            return None
+        finally:
+            for fd in namespaces:
+                os.close(fd)
+            if child is None:
+                await box.kill()
+
+    def _options_fd(
+        self,
+        spec: LaunchSpec,
+        parent_pid: int,
+        extra_memory: int,
+        *,
+        box: bool = False,
+        enter: Sequence[int] = (),
+    ) -> int:
         """oasis-init's options for `spec`, in a memfd.
 
         `parent_pid` is the process that starts oasis-init (it exits at once if
         that one is gone); a warm child's address-space limit counts from what
-        the zygote had mapped (`extra_memory`), so the code gets the same room."""
+        the zygote had mapped (`extra_memory`), so the code gets the same room.
+        `box`: the options of an oasis-init --box; `enter`: a warm child's way
+        into one (namespace fds; the box already joined the session's network)."""
         memory = spec.memory + extra_memory if spec.memory is not None else None
         args = self.policy.init_args(
             uid=spec.uid,
             workspace=spec.cwd,
             memory=memory,
-            netns_fd=spec.netns_fd,
+            netns_fd=None if enter else spec.netns_fd,
             tmp_size=spec.tmp_size,
         )
         for folder in spec.cgroups:
             args += ["--cgroup", folder]
         args += ["--server-pid", str(parent_pid)]
+        if box:
+            return _options_fd([*args, "--box"])
+        for fd in enter:
+            args += ["--enter-ns", str(fd)]
         for name, value in spec.env.items():
             args += ["--env", f"{name}={value}"]
         return _options_fd(args)
@@ -199,7 +260,7 @@ class Launcher:
             await pool.close()
 
     async def _spawn(
-        self, spec: LaunchSpec, options: int, pass_fds: tuple[int, ...]
+        self, argv: Sequence[str], cwd: Path, options: int, pass_fds: tuple[int, ...]
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             # Named plainly: its path would tell the code where workspaces live on the host.
@@ -207,16 +268,16 @@ class Launcher:
             "--args-fd",
             str(options),
             "--",
-            *spec.argv,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=spec.cwd,
+            cwd=cwd,
             # oasis-init runs as root before any isolation: the dynamic loader
             # must see no LD_PRELOAD or the like. The code's variables travel
             # as --env and are applied only when the code itself is exec'd.
             env={},
-            pass_fds=pass_fds,
+            pass_fds=(options, *pass_fds),
             start_new_session=True,
             executable=self._init,
         )
@@ -225,6 +286,41 @@ class Launcher:
         """Kill every process of a session uid (the clean-up of level `uid`)."""
         if self.level is Level.UID:
             await asyncio.to_thread(_kill_uid, uid)
+
+
+# A box is a few mounts and forks of a small program: seconds mean it is stuck.
+_BOX_READY_TIMEOUT = 10.0
+# The order a warm child enters them: the mount namespace last, as it moves its root.
+_ENTERED_NAMESPACES = ("net", "ipc", "uts", "cgroup", "mnt")
+
+
+async def _box_ready(box: ExecProcess) -> int | None:
+    """The pid of the box's init once oasis-init --box has built it; None if it failed."""
+    try:
+        line = await asyncio.wait_for(box.stdout.readline(), _BOX_READY_TIMEOUT)
+    except TimeoutError:
+        line = b""
+    word, _, pid = line.decode(errors="replace").partition(" ")
+    if word == "ready" and pid.strip().isdigit():
+        return int(pid)
+    problem = (await box.stderr.read(4096)).decode(errors="replace").strip() if not line else ""
+    log.warning("warm box did not start (%s); starting cold", problem or repr(line))
+    return None
+
+
+def _open_namespaces(pid: int) -> list[int]:
+    """The box init's pid namespace, then the ones a warm child enters, as open fds.
+    The init is the box supervisor's child and lives until the server ends the box,
+    so its pid names it while these are opened."""
+    opened: list[int] = []
+    try:
+        for kind in ("pid", *_ENTERED_NAMESPACES):
+            opened.append(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return opened
 
 
 def _options_fd(args: list[str]) -> int:

@@ -32,6 +32,10 @@
  *                      started with an empty environment: the dynamic loader
  *                      would honour LD_PRELOAD and the like. These variables
  *                      are given only to PROGRAM, by execve, after the drop.
+ *   --box              with --pidns: build the namespaces and the root but run
+ *                      nothing; print "ready PID" (the namespace's init) once
+ *                      built, and keep it until SIGTERM. A warm child enters
+ *                      it (liboasis-init's oasis_enter, --enter-ns FD ...)
  *   --args-fd FD       read further options from FD, NUL-separated, so that
  *                      they (env values, host paths) never show in
  *                      /proc/PID/cmdline, which the code can read
@@ -45,9 +49,10 @@
  * child subreaper of the tree: when PROGRAM ends, or on SIGTERM, every
  * process left is killed, including ones that called setsid.
  *
- * Built with -DOASIS_LIBRARY it is liboasis-init.so instead: the same steps
- * behind oasis_confine(), which a preloaded interpreter (the warm launcher's
- * zygote) calls in a forked process in place of exec'ing a program.
+ * Built with -DOASIS_LIBRARY it is liboasis-init.so instead, for processes
+ * forked from a preloaded interpreter (the warm launcher's zygote) that run
+ * their code in place of exec'ing a program: oasis_enter() joins a --box
+ * built for it and takes the program's last steps (limits, uid, seccomp).
  *
  * One file on purpose, though long: build.py compiles it alone with nothing
  * but a C compiler; its sections (process tree, mounts, seccomp, options, main)
@@ -86,10 +91,13 @@
 #define MAX_LIMITS 8
 #define MAX_ENV 256
 #define MAX_CGROUPS 8
+#define MAX_NAMESPACES 8
 #define MAX_ARGS_BYTES (1 << 20)
 
 struct options {
-    int pidns, netns, ipcns, utsns, root, seccomp;
+    int pidns, netns, ipcns, utsns, root, seccomp, box;
+    int enter_ns[MAX_NAMESPACES];
+    int n_enter_ns;
     const char *ro[MAX_PATHS];
     int n_ro;
     const char *rw[MAX_PATHS];
@@ -577,6 +585,28 @@ static void drop_init_privileges(const struct options *o) {
 }
 
 /*
+ * --box: pid 1 of a namespace that a warm child enters later (oasis_enter).
+ * It says it is ready with one byte on `report` and then only reaps, until
+ * the supervisor kills it (and with it, the whole namespace).
+ */
+static void box_init(const struct options *o, int report) {
+    if (o->uid >= 0 && o->init_uid >= 0) drop_init_privileges(o);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    char ready = 1;
+    if (write(report, &ready, 1) != 1) _exit(125);
+    close(report);
+    /* Orphans of the entered program land here: reap each as it exits. */
+    for (;;) {
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+        }
+        sigwaitinfo(&chld, NULL);
+    }
+}
+
+/*
  * pid 1 of the namespace: forks the program as pid 2 (the only process that
  * returns from here), reaps orphans, and reports the program's wait status to
  * the supervisor through `report`. When pid 1 exits the kernel kills
@@ -586,6 +616,7 @@ static void namespace_init(const struct options *o, int report) {
     if (o->root) build_root(o);
     if (o->netns) loopback_up();
     if (o->utsns) sethostname("sandbox", 7);
+    if (o->box) box_init(o, report);
     pid_t program = fork();
     if (program < 0) die("fork");
     if (program == 0) {
@@ -697,7 +728,7 @@ static void parse_limit(const char *spec, int *res, rlim_t *value) {
 
 enum { OPT_PIDNS = 1, OPT_NETNS, OPT_IPCNS, OPT_UTSNS, OPT_ROOT, OPT_SECCOMP, OPT_RO, OPT_RW,
        OPT_TMP_SIZE, OPT_JOIN_NETNS, OPT_INIT_UID, OPT_SERVER_PID, OPT_RESOLV_CONF, OPT_CGROUP,
-       OPT_ENV, OPT_UID, OPT_GID, OPT_RLIMIT };
+       OPT_ENV, OPT_UID, OPT_GID, OPT_RLIMIT, OPT_BOX, OPT_ENTER_NS };
 
 static const struct option long_options[] = {
     {"pidns", no_argument, NULL, OPT_PIDNS},
@@ -718,6 +749,8 @@ static const struct option long_options[] = {
     {"uid", required_argument, NULL, OPT_UID},
     {"gid", required_argument, NULL, OPT_GID},
     {"rlimit", required_argument, NULL, OPT_RLIMIT},
+    {"box", no_argument, NULL, OPT_BOX},
+    {"enter-ns", required_argument, NULL, OPT_ENTER_NS},
     {NULL, 0, NULL, 0},
 };
 
@@ -763,6 +796,11 @@ static void parse_options(int argc, char **argv, struct options *o) {
         case OPT_ENV: PUSH("--env", o->env, o->n_env, MAX_ENV, optarg); break;
         case OPT_UID: o->uid = (long)number("--uid", optarg, 0, UINT32_MAX - 1); break;
         case OPT_GID: o->gid = (long)number("--gid", optarg, 0, UINT32_MAX - 1); break;
+        case OPT_BOX: o->box = 1; break;
+        case OPT_ENTER_NS:
+            PUSH("--enter-ns", o->enter_ns, o->n_enter_ns, MAX_NAMESPACES,
+                 (int)number("--enter-ns", optarg, 0, 1 << 20));
+            break;
         case OPT_RLIMIT:
             if (o->n_limits >= MAX_LIMITS) die_msg("too many", "--rlimit");
             parse_limit(optarg, &o->limit_res[o->n_limits], &o->limit_val[o->n_limits]);
@@ -775,6 +813,7 @@ static void parse_options(int argc, char **argv, struct options *o) {
     if (optind >= argc || optind < 2 || strcmp(argv[optind - 1], "--") != 0 || argv[optind - 1] == last_value)
         die_msg("usage", "oasis-init [OPTIONS] -- PROGRAM [ARG...]");
     if (o->root && !o->pidns) die_msg("usage", "--root needs --pidns (for its /proc)");
+    if (o->box && !o->pidns) die_msg("usage", "--box needs --pidns");
     o->argv = &argv[optind];
 }
 
@@ -832,6 +871,16 @@ static void confine(struct options *o) {
     }
     program_pid = child;
     if (o->pidns) close(report[1]);
+    if (o->box) {
+        /* The namespace is built: say so, with the pid of its init (whose
+           /proc/PID/ns/ entries the server opens for the warm child). */
+        char ready;
+        if (read(report[0], &ready, 1) == 1) {
+            char line[32];
+            int n = snprintf(line, sizeof line, "ready %d\n", (int)child);
+            if (write(STDOUT_FILENO, line, (size_t)n) != n) kill(child, SIGKILL);
+        }
+    }
 
     int status = 0;
     for (;;) {
@@ -853,17 +902,29 @@ static void confine(struct options *o) {
 
 #ifdef OASIS_LIBRARY
 /*
- * The warm runtimes' entry (liboasis-init.so, called in a process forked from
- * a preloaded interpreter): the same options as the command line, the same
- * steps, and instead of execve it returns PROGRAM's environment (the --env
- * values, NULL-terminated) for the caller to install. Returns only in the
- * program's process; a failed step exits 125 like the command does.
+ * The warm child's way into a --box: join its cgroups, then each namespace
+ * open on an --enter-ns FD (the mount namespace last: it moves our root), and
+ * take the same last steps as a program under oasis-init (limits, uid drop,
+ * seccomp). The caller was forked into the box's pid namespace already.
+ * Returns PROGRAM's environment (the --env values, NULL-terminated) for the
+ * caller to install; a failed step exits 125 like the command does. The
+ * namespace and root options are the box's, and ignored here.
  */
-char **oasis_confine(int argc, char **argv) {
+char **oasis_enter(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
     static struct options o;
     parse_options(argc, argv, &o);
-    confine(&o);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    for (int i = 0; i < o.n_cgroups; i++) join_cgroup(o.cgroups[i]);
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) die("getcwd");
+    for (int i = 0; i < o.n_enter_ns; i++) {
+        if (setns(o.enter_ns[i], 0) != 0) die("enter namespace");
+        close(o.enter_ns[i]);
+    }
+    /* The same path inside: the workspace is bound where it lies on the host. */
+    if (chdir(cwd) != 0) die(cwd);
+    enter_program(&o);
     return o.env;
 }
 #else

@@ -1,8 +1,8 @@
 """A running execution as the server sees it, whichever way it was started.
 
-Both kinds stop the same way: SIGTERM to the supervisor (oasis-init's own
-process, or its forked twin under the warm launcher), which kills the whole
-tree and exits; SIGKILL after a second if it did not.
+Every kind stops the same way: SIGTERM to the supervisor (oasis-init, or
+under the warm launcher the oasis-init --box the child runs in), which kills
+the whole tree and exits; SIGKILL after a second if it did not.
 """
 
 from __future__ import annotations
@@ -159,3 +159,41 @@ async def pipe_reader(fd: int) -> PipeReader:
         lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", buffering=0)
     )
     return PipeReader(reader, transport)
+
+
+class BoxedProcess(Process):
+    """A warm child inside namespaces that oasis-init --box built for it.
+
+    The output and the exit are the child's; stopping goes through the box's
+    supervisor, whose namespace takes the child (and anything it started)
+    with it. The box itself is ended once the child is gone."""
+
+    def __init__(self, box: ExecProcess, child: ForkedProcess) -> None:
+        self._box = box
+        self._child = child
+        self.stdout = child.stdout
+        self.stderr = child.stderr
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._child.returncode
+
+    async def wait(self) -> int:
+        return await self._child.wait()
+
+    def _signal(self, sig: int) -> None:
+        self._box._signal(sig)
+
+    def _release(self) -> None:
+        self._child._release()
+
+    async def kill(self) -> None:
+        try:
+            await self._stop()
+        finally:
+            await self._box.kill()
+            self._release()

@@ -90,6 +90,16 @@ class WarmPool:
     def zygote_pid(self) -> int | None:
         return self._zygote.pid if self._zygote is not None else None
 
+    def accepts(self, packages: Path) -> bool:
+        """Whether a start can be warm: the zygote is up, and the session's own
+        packages (`packages`) hold none of the modules it preloaded."""
+        zygote = self._zygote
+        return zygote is not None and zygote.alive and not _shadows(packages, zygote.modules)
+
+    def decline(self) -> None:
+        """Count a start that went cold."""
+        self.cold_starts += 1
+
     async def start(
         self,
         *,
@@ -98,19 +108,25 @@ class WarmPool:
         pass_fds: Sequence[int],
         channel: tuple[int, int],
         packages: Path,
+        box_pid_namespace: int,
     ) -> ForkedProcess | None:
+        """A forked child, or None (counted) when this start must be cold."""
         zygote = self._zygote
-        if zygote is None or not zygote.alive or _shadows(packages, zygote.modules):
-            self.cold_starts += 1
+        if zygote is None or not self.accepts(packages):
+            self.decline()
             return None
         options = options_for(zygote.pid, zygote.address_space)
         try:
             process = await zygote.fork(
-                options_fd=options, cwd=cwd, pass_fds=pass_fds, channel=channel
+                options_fd=options,
+                cwd=cwd,
+                pass_fds=pass_fds,
+                channel=channel,
+                box_pid_namespace=box_pid_namespace,
             )
         except ZygoteUnavailable as exc:
             log.warning("warm start failed, starting cold: %s", exc)
-            self.cold_starts += 1
+            self.decline()
             return None
         finally:
             os.close(options)

@@ -120,9 +120,17 @@ class Zygote:
         return zygote
 
     async def fork(
-        self, *, options_fd: int, cwd: Path, pass_fds: Sequence[int], channel: tuple[int, int]
+        self,
+        *,
+        options_fd: int,
+        cwd: Path,
+        pass_fds: Sequence[int],
+        channel: tuple[int, int],
+        box_pid_namespace: int,
     ) -> ForkedProcess:
-        """One confined child running the prelude over `channel`.
+        """One child, forked into the pid namespace of an oasis-init --box, that
+        enters the box (the --enter-ns fds among `pass_fds`) and runs the prelude
+        over `channel`.
 
         `options_fd` holds oasis-init's options; `pass_fds` keep their numbers
         in the child, as exec's pass_fds would."""
@@ -137,7 +145,7 @@ class Zygote:
         try:
             message = {"id": request_id, "cwd": str(cwd), "targets": list(pass_fds)}
             message["channel"] = list(channel)
-            await self._send(message, [options_fd, out_w, err_w, *pass_fds])
+            await self._send(message, [options_fd, out_w, err_w, box_pid_namespace, *pass_fds])
             os.close(out_w)
             os.close(err_w)
             out_w = err_w = -1

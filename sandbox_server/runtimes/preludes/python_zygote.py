@@ -8,15 +8,20 @@ and first reads its settings from CONTROL_FD: the library, the server's pid,
 the site folders and what to preload (not on the command line, which every
 child shares and the code can read). It runs as the server's user (root
 under isolation) with a bare environment, imports the preload list,
-warms their lazy paths, freezes the heap and then waits. For each request on
-CONTROL_FD (a SOCK_SEQPACKET socket: one JSON message per datagram, fds
-beside it) it forks a child, which hands the request's oasis-init options to
-liboasis-init.so: the same cgroup, namespaces, new root, rlimits, uid drop
-and seccomp as a cold start. Only the program's own process comes back; it
-runs the prelude in a fresh __main__ and exits.
+warms their lazy paths, freezes the heap and then waits.
+
+For each request on CONTROL_FD (a SOCK_SEQPACKET socket: one JSON message
+per datagram, fds beside it), the server has already built the run's
+namespaces and root with `oasis-init --box`, as a cold start would. The
+zygote forks a child straight into the box's pid namespace; the child enters
+the box's other namespaces and takes the program's last steps (cgroup,
+rlimits, uid drop, seccomp) through liboasis-init.so's oasis_enter, with the
+request's oasis-init options. So one fork of this large process is all a run
+costs. The child runs the prelude in a fresh __main__ and exits.
 
     server -> zygote  {"library", "server_pid", "site_paths", "preload"}   once, first
-                      {"id", "cwd", "targets", "channel"} + fds [options, stdout, stderr, *targets]
+                      {"id", "cwd", "targets", "channel"}
+                        + fds [options, stdout, stderr, box's pid namespace, *targets]
     zygote -> server  {"ready", "modules", "address_space"}   once, after warming
                       {"id", "pid"} + [pidfd]  or  {"id", "error"}
                       {"id", "exit"}   the wait status, as an exit code (-N: signal N)
@@ -37,6 +42,7 @@ import sys
 
 _MAX_MESSAGE = 64 * 1024
 _MAX_FDS = 16
+_CLONE_NEWPID = 0x20000000
 # Received fds are parked above the numbers a request may target while the
 # child arranges its table.
 _PARK = 1000
@@ -116,10 +122,13 @@ def _send(control, message, fds=()):
 class Zygote:
     def __init__(self, control, library, base_path):
         self.control = control
-        # PyDLL: the GIL stays held across the call, so its forks happen as under os.fork.
-        self.confine = ctypes.PyDLL(library).oasis_confine
-        self.confine.restype = ctypes.POINTER(ctypes.c_char_p)
+        # PyDLL: the GIL stays held across the call, as it is around os.fork.
+        self.enter = ctypes.PyDLL(library).oasis_enter
+        self.enter.restype = ctypes.POINTER(ctypes.c_char_p)
+        self.setns = ctypes.CDLL(None, use_errno=True).setns
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.base_path = base_path
+        self.pid = os.getpid()
         self.children = {}  # pidfd -> (request id, pid)
         self.selector = selectors.DefaultSelector()
         self.selector.register(control, selectors.EVENT_READ)
@@ -143,12 +152,14 @@ class Zygote:
         try:
             request = json.loads(data)
             targets = request["targets"]
-            if flags & socket.MSG_CTRUNC or len(fds) != 3 + len(targets):
+            if flags & socket.MSG_CTRUNC or len(fds) != 4 + len(targets):
                 raise ValueError("the request's fds do not match its targets")
             if not all(isinstance(t, int) and 2 < t < _PARK for t in targets):
                 raise ValueError(f"fd targets must lie between 3 and {_PARK - 1}")
             self._fork(request, fds)
         except Exception as exc:
+            if os.getpid() != self.pid:
+                os._exit(125)  # a child must never come back to serve requests
             _send(self.control, {"id": _request_id(data), "error": f"{type(exc).__name__}: {exc}"})
         finally:
             for fd in fds:
@@ -156,13 +167,26 @@ class Zygote:
         return True
 
     def _fork(self, request, fds):
-        pid = os.fork()
+        options, stdout, stderr, box_pidns, *passed = fds
+        self._pid_namespace_for_children(box_pidns)
+        try:
+            pid = os.fork()
+        except BaseException:
+            self._pid_namespace_for_children(self.own_pidns)
+            raise
         if pid == 0:
-            _child(self, request, fds)  # never returns
+            _child(self, request, [options, stdout, stderr, *passed])  # never returns
+        # Only here, never in the child: its own namespace is the box's now.
+        self._pid_namespace_for_children(self.own_pidns)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = (request["id"], pid)
         self.selector.register(pidfd, selectors.EVENT_READ)
         _send(self.control, {"id": request["id"], "pid": pid}, [pidfd])
+
+    def _pid_namespace_for_children(self, fd):
+        if self.setns(fd, _CLONE_NEWPID) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns(pid): {os.strerror(errno)}")
 
     def _reap(self, pidfd):
         request_id, pid = self.children.pop(pidfd)
@@ -180,7 +204,7 @@ def _request_id(data):
 
 
 def _child(zygote, request, fds):
-    """In the forked child: arrange the fds, confine, run the prelude, exit."""
+    """In the forked child: arrange the fds, enter the box, run the prelude, exit."""
     try:
         code = _run_child(zygote, request, fds)
     except SystemExit as exc:
@@ -210,10 +234,7 @@ def _run_child(zygote, request, fds):
     for fd in (stdout, stderr, *passed):
         os.close(fd)
     argv = [b"oasis-init", b"--args-fd", str(options).encode(), b"--", b"python"]
-    env = zygote.confine(len(argv), (ctypes.c_char_p * (len(argv) + 1))(*argv, None))
-    # Only the program's own process gets here, two C-level forks below the
-    # Python one: let the interpreter know (locks, thread state, at-fork hooks).
-    ctypes.pythonapi.PyOS_AfterFork_Child()
+    env = zygote.enter(len(argv), (ctypes.c_char_p * (len(argv) + 1))(*argv, None))
     _become_fresh(zygote, env)
     import python_prelude
 
