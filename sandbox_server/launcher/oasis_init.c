@@ -822,6 +822,10 @@ static void parse_options(int argc, char **argv, struct options *o) {
  * program's own process, isolated and with privileges dropped; the supervisor
  * (this process) and the namespace's pid 1 wait for the program and exit.
  */
+#ifdef OASIS_LIBRARY
+/* The library only enters boxes: the command's path is compiled, checked, and dropped. */
+__attribute__((unused))
+#endif
 static void confine(struct options *o) {
     pid_t self = getpid();
     /* If the server dies, take the whole execution down with us; if it died
