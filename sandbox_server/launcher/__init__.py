@@ -189,7 +189,7 @@ class Launcher:
             if init_pid is None:
                 pool.decline()
                 return None
-            namespaces = _open_namespaces(init_pid)
+            namespaces = _open_namespaces(init_pid, supervisor=box.pid)
             pidns, *entered = namespaces
             child = await pool.start(
                 options_for=lambda parent, extra: self._options_fd(
@@ -308,19 +308,40 @@ async def _box_ready(box: ExecProcess) -> int | None:
     return None
 
 
-def _open_namespaces(pid: int) -> list[int]:
+def _open_namespaces(pid: int, *, supervisor: int) -> list[int]:
     """The box init's pid namespace, then the ones a warm child enters, as open fds.
-    The init is the box supervisor's child and lives until the server ends the box,
-    so its pid names it while these are opened."""
+
+    The pid is pinned first (a pidfd), checked to be the box supervisor's child,
+    and checked alive after the opens: were it reused, the child would enter
+    some other process's namespaces."""
     opened: list[int] = []
+    pinned = os.pidfd_open(pid)
     try:
+        if _parent_of(pid) != supervisor:
+            raise OSError(f"process {pid} is not the box's init")
         for kind in ("pid", *_ENTERED_NAMESPACES):
             opened.append(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
-    except OSError:
+        signal.pidfd_send_signal(pinned, 0)  # still the same process: the opens were its own
+        kinds = ("pid", *_ENTERED_NAMESPACES)
+        for kind, fd in zip(kinds, opened, strict=True):
+            own = os.stat(f"/proc/self/ns/{kind}").st_ino
+            if kind in ("pid", "mnt") and os.fstat(fd).st_ino == own:
+                raise OSError(f"the box shares the server's {kind} namespace")
+    except BaseException:
         for fd in opened:
             os.close(fd)
         raise
+    finally:
+        os.close(pinned)
     return opened
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"PPid:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _options_fd(args: list[str]) -> int:

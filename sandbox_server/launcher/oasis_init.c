@@ -591,6 +591,8 @@ static void drop_init_privileges(const struct options *o) {
  */
 static void box_init(const struct options *o, int report) {
     if (o->uid >= 0 && o->init_uid >= 0) drop_init_privileges(o);
+    /* Set after the uid change, which clears it: the box ends with its supervisor. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -673,9 +675,12 @@ static int hold_netns(void) {
 
 /* Options after --args-fd come from the fd, NUL-separated, followed by the
    rest of the command line (the PROGRAM part). */
+/* Where --args-fd's options were read to (the library wipes them before the code runs). */
+static char *args_buffer;
+
 static char **expand_args_fd(int argc, char **argv, int *new_argc) {
     int fd = (int)number("--args-fd", argv[2], 0, 1 << 20);
-    char *buf = malloc(MAX_ARGS_BYTES + 1);
+    char *buf = args_buffer = malloc(MAX_ARGS_BYTES + 1);
     if (!buf) die("malloc");
     size_t used = 0;
     for (;;) {
@@ -771,7 +776,9 @@ static void parse_options(int argc, char **argv, struct options *o) {
     /* "+": stop at the first non-option (PROGRAM's own arguments are never parsed);
        ":": report a missing value as ':' rather than printing getopt's message. */
     opterr = 0;
-    int opt, index = -1, at = optind;
+    /* A fresh scan: the library runs in a process whose getopt state is not ours. */
+    optind = 0;
+    int opt, index = -1, at = 1; /* the argument getopt looks at next */
     const char *last_value = NULL;
     while ((opt = getopt_long(argc, argv, "+:", long_options, &index)) != -1) {
         if (opt == '?') die_msg("unknown option", argv[at]);
@@ -918,6 +925,9 @@ char **oasis_enter(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "--args-fd") == 0) argv = expand_args_fd(argc, argv, &argc);
     static struct options o;
     parse_options(argc, argv, &o);
+    /* Entering a box always drops to a session uid under seccomp: refuse less. */
+    if (o.uid <= 0 || o.gid <= 0 || !o.seccomp || o.n_enter_ns == 0)
+        die_msg("oasis_enter", "needs --uid, --gid, --seccomp and --enter-ns");
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     for (int i = 0; i < o.n_cgroups; i++) join_cgroup(o.cgroups[i]);
     char cwd[4096];
@@ -929,7 +939,25 @@ char **oasis_enter(int argc, char **argv) {
     /* The same path inside: the workspace is bound where it lies on the host. */
     if (chdir(cwd) != 0) die(cwd);
     enter_program(&o);
-    return o.env;
+    uid_t ruid, euid, suid;
+    if (getresuid(&ruid, &euid, &suid) != 0 || ruid == 0 || euid == 0 || suid == 0 ||
+        prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1 || prctl(PR_GET_SECCOMP, 0, 0, 0, 0) != 2)
+        die_msg("oasis_enter", "privileges were not dropped");
+    /* As after an exec: the code may read its own /proc entries (ptrace stays denied). */
+    prctl(PR_SET_DUMPABLE, 1);
+    /* The options (host paths, cgroup folders) must not stay in the code's memory:
+       keep a copy of the environment, then wipe them. */
+    char **env = calloc((size_t)o.n_env + 1, sizeof *env);
+    if (!env) die("calloc");
+    for (int i = 0; i < o.n_env; i++)
+        if (!(env[i] = strdup(o.env[i]))) die("strdup");
+    if (args_buffer) {
+        explicit_bzero(args_buffer, MAX_ARGS_BYTES + 1);
+        free(args_buffer);
+        args_buffer = NULL;
+    }
+    explicit_bzero(&o, sizeof o);
+    return env;
 }
 #else
 int main(int argc, char **argv) {

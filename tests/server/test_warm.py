@@ -169,6 +169,38 @@ async def test_nothing_carries_over_between_warm_executions(
     }
 
 
+SCAN_OWN_MEMORY = """
+import re
+found, scanned = [], 0
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+    for line in maps:
+        span, perms = line.split()[:2]
+        if not perms.startswith("rw"):
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except OSError:
+            continue
+        scanned += len(data)
+        found += [m.decode() for m in re.findall(rb"--(?:enter-ns|cgroup|init-uid|rw)\\0", data)]
+set_result({"found": sorted(set(found)), "scanned": scanned})
+"""
+
+
+async def test_the_options_do_not_stay_in_the_codes_memory(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    """A cold start's options vanish with its exec; a warm child must wipe them (they
+    name host folders and cgroups), and may read its own memory as after an exec."""
+    _, client = warm
+    output = await run_ok(client, SCAN_OWN_MEMORY)
+    assert isinstance(output, dict)
+    assert output["scanned"] > 50 * 2**20  # the zygote's heap was read, not skipped
+    assert output["found"] == []
+
+
 async def test_random_state_differs_between_children(
     warm: tuple[SandboxServer, SandboxClient],
 ) -> None:

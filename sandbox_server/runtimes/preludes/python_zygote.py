@@ -178,7 +178,11 @@ class Zygote:
             _child(self, request, [options, stdout, stderr, *passed])  # never returns
         # Only here, never in the child: its own namespace is the box's now.
         self._pid_namespace_for_children(self.own_pidns)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except BaseException:
+            _reap_now(pid)
+            raise
         self.children[pidfd] = (request["id"], pid)
         self.selector.register(pidfd, selectors.EVENT_READ)
         _send(self.control, {"id": request["id"], "pid": pid}, [pidfd])
@@ -194,6 +198,13 @@ class Zygote:
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         _send(self.control, {"id": request_id, "exit": os.waitstatus_to_exitcode(status)})
+
+
+def _reap_now(pid):
+    """Kill and wait for a child nobody will hear of (its zombie would hold up its box)."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def _request_id(data):
@@ -235,6 +246,8 @@ def _run_child(zygote, request, fds):
         os.close(fd)
     argv = [b"oasis-init", b"--args-fd", str(options).encode(), b"--", b"python"]
     env = zygote.enter(len(argv), (ctypes.c_char_p * (len(argv) + 1))(*argv, None))
+    if 0 in os.getresuid() or 0 in os.getresgid():
+        os._exit(125)  # oasis_enter checks this too: never run code with root left
     _become_fresh(zygote, env)
     import python_prelude
 
