@@ -25,6 +25,7 @@ from .build import BuildError, ensure_init_binary
 from .network import Egress
 from .process import BoxedProcess, ExecProcess, Process
 from .warm import PoolState, WarmPool
+from .zygote import child_fds
 
 __all__ = [
     "BuildError",
@@ -191,13 +192,16 @@ class Launcher:
                 return None
             namespaces = _open_namespaces(init_pid, supervisor=box.pid)
             pidns, *entered = namespaces
+            passed = (*spec.pass_fds, *entered)
+            # Renumbered low in the child: the server's own numbers may run past 1000.
+            number = child_fds(passed)
             child = await pool.start(
                 options_for=lambda parent, extra: self._options_fd(
-                    spec, parent, extra, enter=entered
+                    spec, parent, extra, enter=[number[fd] for fd in entered]
                 ),
                 cwd=spec.cwd,
-                pass_fds=(*spec.pass_fds, *entered),
-                channel=warm.channel,
+                pass_fds=passed,
+                channel=(number[warm.channel[0]], number[warm.channel[1]]),
                 packages=warm.packages,
                 box_pid_namespace=pidns,
             )

@@ -32,6 +32,11 @@ _MAX_MESSAGE = 64 * 1024
 _FORK_TIMEOUT = 10.0
 
 
+def child_fds(fds: Sequence[int]) -> dict[int, int]:
+    """The number each of `fds` gets in a forked child: 3, 4, 5, … in order."""
+    return {fd: 3 + index for index, fd in enumerate(fds)}
+
+
 class ZygoteUnavailable(StartError):
     """The zygote could not start or serve a fork; the execution starts cold instead."""
 
@@ -132,8 +137,9 @@ class Zygote:
         enters the box (the --enter-ns fds among `pass_fds`) and runs the prelude
         over `channel`.
 
-        `options_fd` holds oasis-init's options; `pass_fds` keep their numbers
-        in the child, as exec's pass_fds would."""
+        `options_fd` holds oasis-init's options. The child gets `pass_fds` as
+        fds 3, 4, 5, … in order (`child_fds`), whatever their numbers here:
+        `channel` and the options name them by those numbers."""
         if not self.alive:
             raise ZygoteUnavailable("the zygote is not running")
         loop = asyncio.get_running_loop()
@@ -143,7 +149,8 @@ class Zygote:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            message = {"id": request_id, "cwd": str(cwd), "targets": list(pass_fds)}
+            targets = list(child_fds(pass_fds).values())
+            message = {"id": request_id, "cwd": str(cwd), "targets": targets}
             message["channel"] = list(channel)
             await self._send(message, [options_fd, out_w, err_w, box_pid_namespace, *pass_fds])
             os.close(out_w)
