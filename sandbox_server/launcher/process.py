@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # After asking the supervisor to stop the tree, how long before SIGKILL to it.
 KILL_BACKSTOP = 1.0
+# After SIGKILL, how long a warm child's exit report may take before it is
+# killed directly (then counted as killed).
+_KILLED_EXIT_TIMEOUT = 5.0
 
 
 class Process(abc.ABC):
@@ -66,7 +69,11 @@ class Process(abc.ABC):
             log.warning("the supervisor %d did not stop its tree in time; killing it", self.pid)
             with contextlib.suppress(ProcessLookupError):
                 self._signal(signal.SIGKILL)
-            await self.wait()
+            await self._wait_killed()
+
+    async def _wait_killed(self) -> None:
+        """After SIGKILL: the exit is certain and comes at once."""
+        await self.wait()
 
 
 class ExecProcess(Process):
@@ -134,6 +141,11 @@ class ForkedProcess(Process):
             raise ProcessLookupError(self._pid)
         signal.pidfd_send_signal(self._pidfd, sig)
 
+    def give_up(self) -> None:
+        """Count it as killed without its exit report (logged by the caller)."""
+        if not self._exit.done():
+            self._exit.set_result(-signal.SIGKILL)
+
     def _close_pidfd(self) -> None:
         if self._pidfd >= 0:
             os.close(self._pidfd)
@@ -187,6 +199,19 @@ class BoxedProcess(Process):
 
     def _signal(self, sig: int) -> None:
         self._box._signal(sig)
+
+    async def _wait_killed(self) -> None:
+        # The box's end takes the child with it; should its exit still not be
+        # reported (the zygote stuck), kill it directly, and never wait forever.
+        for _ in range(2):
+            try:
+                await asyncio.wait_for(asyncio.shield(self.wait()), _KILLED_EXIT_TIMEOUT)
+                return
+            except TimeoutError:
+                log.error("warm child %d did not exit after SIGKILL to its box", self.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    self._child._signal(signal.SIGKILL)
+        self._child.give_up()
 
     def _release(self) -> None:
         self._child._release()

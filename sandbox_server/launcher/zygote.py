@@ -168,7 +168,6 @@ class Zygote:
             raise
         finally:
             self._forks.pop(request_id, None)
-        self._pidfds[request_id] = pidfd
         output = (await pipe_reader(out_r), await pipe_reader(err_r))
         return ForkedProcess(pid, pidfd, exited, output)
 
@@ -234,6 +233,8 @@ class Zygote:
             if forked is None or forked.done():
                 os.close(fds[0])  # its requester gave up; the child ends with its channel
                 return
+            # Registered here, before its exit can be read: _on_lost needs it.
+            self._pidfds[request_id] = fds[0]
             forked.set_result((int(message["pid"]), fds[0]))  # type: ignore[call-overload]
             return
         for fd in fds:
@@ -255,8 +256,9 @@ class Zygote:
             if not forked.done():
                 forked.set_exception(ZygoteUnavailable("the zygote exited"))
         for request_id, pidfd in self._pidfds.items():
-            exited = self._exits.pop(request_id)
-            loop.add_reader(pidfd, self._on_orphan_exit, pidfd, exited)
+            exited = self._exits.pop(request_id, None)
+            if exited is not None and not exited.done():
+                loop.add_reader(pidfd, self._on_orphan_exit, pidfd, exited)
         self._pidfds.clear()
 
     @staticmethod
