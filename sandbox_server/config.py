@@ -85,6 +85,12 @@ class Config:
     `cold` starts a new interpreter for each (comparison and debugging)."""
     preload: tuple[str, ...] = ()
     """SANDBOX_PRELOAD: modules the warm zygote imports besides the data stack."""
+    spares: int = 2
+    """SANDBOX_SPARES: processes started ahead per runtime for runs without a session
+    (warm launcher only); 0 starts each when its request arrives."""
+    session_spares: int = 16
+    """SANDBOX_SESSION_SPARES: at most this many processes started ahead for
+    sessions' next runs, one per session and runtime (the least recent go first)."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -267,6 +273,10 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         init_bin=Path(raw_init) if (raw_init := get("SANDBOX_INIT_BIN")) else None,
         launcher=_launcher(get("SANDBOX_LAUNCHER")),
         preload=_modules("SANDBOX_PRELOAD", get("SANDBOX_PRELOAD")),
+        spares=parsed("SANDBOX_SPARES", positive_int, default=Config.spares),
+        session_spares=parsed(
+            "SANDBOX_SESSION_SPARES", positive_int, default=Config.session_spares
+        ),
     )
 
 

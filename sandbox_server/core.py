@@ -28,6 +28,7 @@ from .launcher.build import LIBRARY_NAME, BuildError, ensure_init_library
 from .launcher.network import Egress, NetworkUnavailable, write_resolv_conf
 from .launcher.warm import python_pool
 from .model import ExecutionSpec, Status
+from .prestart import Spares, SpareState
 from .runtimes import PRELUDES, Runtime, probe_all
 from .sessions import ID, Workspaces, check_session_id
 
@@ -48,6 +49,7 @@ class Info:
     resource_control: str = "rlimits"
     """How session memory and processes are capped: "cgroup v2", "cgroup v1" or "rlimits"."""
     pools: tuple[PoolState, ...] = ()
+    spares: tuple[SpareState, ...] = ()
 
 
 class Sandbox:
@@ -57,11 +59,13 @@ class Sandbox:
         runtimes: dict[str, Runtime],
         launcher: Launcher,
         workspaces: Workspaces,
+        spares: Spares | None = None,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
         self._launcher = launcher
         self._workspaces = workspaces
+        self._spares = spares
         self._running: set[Execution] = set()
         self._admitted_ids: OrderedDict[str, None] = OrderedDict()
         self._idle = asyncio.Event()
@@ -93,12 +97,24 @@ class Sandbox:
             )
         if launcher.policy.network is Network.EGRESS:
             workspaces.egress = launcher.egress
+        spares = None
         if config.launcher == "warm" and launcher.level is Level.NAMESPACES:
             # Warm children enter namespaces built for them: below that level, all start cold.
             await _open_warm_pools(config, runtimes, launcher)
-        return cls(config, runtimes, launcher, workspaces)
+            spares = Spares(
+                runtimes,
+                launcher,
+                workspaces,
+                scratch=config.spares,
+                sessions=config.session_spares,
+            )
+            workspaces.on_release = spares.release
+            spares.open()
+        return cls(config, runtimes, launcher, workspaces, spares)
 
     async def close(self) -> None:
+        if self._spares is not None:
+            await self._spares.close()
         await self._launcher.close()
         await self._workspaces.close()
 
@@ -122,6 +138,7 @@ class Sandbox:
             version=__version__,
             resource_control=self.cgroups.mechanism.value,
             pools=tuple(self._launcher.pool_states()),
+            spares=self._spares.states() if self._spares is not None else (),
         )
 
     def open(self, spec: ExecutionSpec) -> Execution:
@@ -139,6 +156,7 @@ class Sandbox:
             config=self.config,
             launcher=self._launcher,
             workspaces=self._workspaces,
+            spares=self._spares,
             on_close=self._closed,
         )
         self._running.add(execution)

@@ -22,7 +22,6 @@ import asyncio
 import errno
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -38,7 +37,7 @@ from .config import Config
 from .errors import RequestError, invalid
 from .installer import MAX_PENDING_INSTALLS, Installer
 from .isolation import describe_size, limit_hint
-from .launcher import Launcher, LaunchSpec, Process, WarmStart
+from .launcher import Launcher, Process
 from .logs import LogCollector
 from .model import (
     Event,
@@ -52,7 +51,8 @@ from .model import (
     ToolCallEvent,
 )
 from .outputs import MAX_ERROR
-from .runtimes import PACKAGES_DIR, Runtime
+from .prestart import Launched, Spares, code_path, launch, start_group
+from .runtimes import Runtime
 from .sessions import Workspace, Workspaces
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 MAX_PENDING_CALLS = 256
 """Tool calls one execution may have outstanding at once."""
 _DRAIN_AFTER_EXIT = 0.5
-_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class _End:
@@ -78,6 +77,7 @@ class Execution:
         config: Config,
         launcher: Launcher,
         workspaces: Workspaces,
+        spares: Spares | None = None,
         on_close: Callable[[Execution], None],
     ) -> None:
         self.spec = spec
@@ -87,6 +87,9 @@ class Execution:
         self._config = config
         self._launcher = launcher
         self._workspaces = workspaces
+        self._spares = spares
+        self._spare: Launched | None = None
+        """A process started ahead for this run, until the run takes it."""
         self._on_close = on_close
         # Bounded: a slow client slows the code down instead of filling memory.
         self._events: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=32)
@@ -223,16 +226,31 @@ class Execution:
     # -- the run ------------------------------------------------------------
 
     async def _run(self) -> None:
+        spares, session_id = self._spares, self.spec.session_id
+        scratch = None
+        taken = spares.take_scratch(self._runtime) if spares and not session_id else None
+        if taken is not None:
+            scratch, self._spare = taken
         try:
-            async with self._workspaces.lease(self.spec.session_id, self.execution_id) as lease:
-                await self._events.put(
-                    Started(self.execution_id, self.spec.session_id, self._runtime.name)
-                )
-                self._workspace, self._uid, self._lease = lease.path, lease.uid, lease
-                self._workspace_ready.set()
-                result = await self._prepare_and_execute(lease.path)
-                if result is not None and self._abort is None:
-                    await self._events.put(result)
+            async with self._workspaces.lease(
+                session_id, self.execution_id, scratch=scratch
+            ) as lease:
+                try:
+                    await self._events.put(
+                        Started(self.execution_id, session_id, self._runtime.name)
+                    )
+                    self._workspace, self._uid, self._lease = lease.path, lease.uid, lease
+                    if spares is not None and session_id:
+                        self._spare = spares.take(self._runtime, lease)
+                    self._workspace_ready.set()
+                    result = await self._prepare_and_execute(lease.path)
+                    if result is not None and self._abort is None:
+                        await self._events.put(result)
+                finally:
+                    if self._spare is not None:  # the run ended before it started its code
+                        await self._spare.discard()
+                if spares is not None and session_id:
+                    spares.prepare(self._runtime, lease)
         except RequestError as exc:
             self.fail(exc)
         except Exception as exc:
@@ -321,64 +339,17 @@ class _Run:
         )
 
     def _path(self) -> str:
-        return ":".join([*self.ex._runtime.path_dirs, _BASE_PATH])
-
-    def _env(self) -> dict[str, str]:
-        runtime = self.ex._runtime
-        env = {
-            "PATH": self._path(),
-            "HOME": str(self.workspace),
-            "LANG": "C.UTF-8",
-            **runtime.env,
-        }
-        env.update(self.ex.spec.env)
-        return env
+        return code_path(self.ex._runtime)
 
     async def execute(self) -> Result:
         ex = self.ex
-        # The channel is a pair of pipes rather than a socket: a runtime can
-        # reopen a pipe through /proc/self/fd as close-on-exec and close the
-        # inherited number, so the code's child processes never get it (Node
-        # has no other way to stop a socket fd from leaking into children).
-        to_code, to_server = os.pipe(), os.pipe()
-        theirs = (to_code[0], to_server[1])
-        if ex._uid is not None:
-            # Reopening through /proc checks the pipe's owner: make it the session's.
-            for fd in theirs:
-                os.fchown(fd, ex._uid, ex._uid)
-        group: RunGroup | None = None
+        assert ex._lease is not None
+        launched, ex._spare = ex._spare, None
+        if launched is None:
+            launched = await launch(ex._runtime, ex._launcher, ex._workspaces, ex._lease)
+        process, group = launched.process, launched.group
         try:
-            assert ex._lease is not None
-            network = await ex._workspaces.network(ex._lease)
-            group = await self._start_group()
-            process = await ex._launcher.start(
-                LaunchSpec(
-                    argv=[*ex._runtime.argv, *map(str, theirs)],
-                    cwd=self.workspace,
-                    env=self._env(),
-                    pass_fds=theirs,
-                    uid=ex._uid,
-                    memory=ex._runtime.address_space,
-                    netns_fd=network.fd if network else None,
-                    cgroups=group.folders if group else (),
-                    warm=WarmStart(
-                        runtime=ex._runtime.name,
-                        channel=theirs,
-                        packages=self.workspace / PACKAGES_DIR / ex._runtime.name,
-                    ),
-                )
-            )
-        except BaseException:
-            os.close(to_code[1])
-            os.close(to_server[0])
-            if group is not None:
-                await group.finish()
-            raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        try:
-            await self.channel.open(to_server[0], to_code[1])
+            await self.channel.open(launched.to_server, launched.to_code)
         except BaseException:
             await process.kill()
             if group is not None:
@@ -395,7 +366,9 @@ class _Run:
         ]
         try:
             self.channel.send(
-                ex._runtime.start_message(ex.spec.code, self.workspace, ex.execution_id)
+                ex._runtime.start_message(
+                    ex.spec.code, self.workspace, ex.execution_id, env=ex.spec.env
+                )
             )
             timed_out = await self._wait(process, deadline)
             await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
@@ -412,10 +385,8 @@ class _Run:
         return await self._result(process.returncode, timed_out, usage)
 
     async def _start_group(self) -> RunGroup | None:
-        """The run's cgroup inside its session's: the session's caps, this run's CPU time."""
         assert self.ex._lease is not None
-        session = await self.ex._workspaces.cgroup(self.ex._lease)
-        return await session.start_run() if session is not None else None
+        return await start_group(self.ex._workspaces, self.ex._lease)
 
     async def _wait(self, process: Process, deadline: float) -> bool:
         """Wait for the process to end by itself or be stopped; True on timeout."""

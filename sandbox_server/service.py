@@ -215,4 +215,8 @@ class SandboxService(pb_grpc.SandboxServicer):
                 )
                 for pool in info.pools
             ],
+            spares=[
+                pb.GetInfoResponse.Spares(runtime=s.runtime, waiting=s.waiting, served=s.served)
+                for s in info.spares
+            ],
         )

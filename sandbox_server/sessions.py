@@ -123,6 +123,8 @@ class Workspaces:
         self.cgroups = Cgroups()
         """Per-session memory and process caps; probed by start() (rlimits only until then)."""
         self._groups = _PerWorkspace(self._make_group)
+        self.on_release: Callable[[Path], Awaitable[None]] | None = None
+        """Called first when a workspace goes away (processes started ahead in it stop)."""
 
     async def start(self) -> None:
         self._hold_root()
@@ -177,13 +179,15 @@ class Workspaces:
             self._root_lock = None
 
     @asynccontextmanager
-    async def lease(self, session_id: str, execution_id: str) -> AsyncIterator[Workspace]:
-        """The workspace for one execution, held for as long as the context is open."""
+    async def lease(
+        self, session_id: str, execution_id: str, *, scratch: Workspace | None = None
+    ) -> AsyncIterator[Workspace]:
+        """The workspace for one execution, held for as long as the context is open.
+
+        Without a session, a new scratch workspace, or `scratch` (one made by
+        create_scratch); either is removed when the context ends."""
         if not session_id:
-            # The random part keeps two runs with the same client-chosen id apart.
-            workspace = await self._create(
-                self._scratch_dir / f"{execution_id}.{secrets.token_hex(4)}"
-            )
+            workspace = scratch or await self.create_scratch(execution_id)
             try:
                 yield workspace
             finally:
@@ -208,6 +212,19 @@ class Workspaces:
         finally:
             session.active -= 1
             session.last_used = time.monotonic()
+
+    async def create_scratch(self, name: str) -> Workspace:
+        """A workspace of no session; `discard_scratch` removes it."""
+        # The random part keeps two runs with the same client-chosen id apart.
+        return await self._create(self._scratch_dir / f"{name}.{secrets.token_hex(4)}")
+
+    async def discard_scratch(self, workspace: Workspace) -> None:
+        await self._discard(workspace)
+
+    def holds(self, workspace: Workspace) -> bool:
+        """Whether `workspace` is a session's current one (not deleted or evicted)."""
+        session = self._sessions.get(workspace.path.name)
+        return session is not None and session.workspace == workspace
 
     async def delete(self, session_id: str) -> bool:
         """Remove a session's workspace; False when there was none."""
@@ -325,6 +342,8 @@ class Workspaces:
 
     async def _release(self, workspace: Workspace) -> Path | None:
         """Stop the workspace's processes and free its name; the folder left to delete."""
+        if self.on_release is not None:
+            await self.on_release(workspace.path)
         network = self._networks.pop(workspace.path)
         group = self._groups.pop(workspace.path)
         if network is not None:

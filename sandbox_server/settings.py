@@ -51,6 +51,12 @@ SETTINGS = (
     Setting("SANDBOX_INIT_BIN", "built on first start", "a prebuilt oasis-init"),
     Setting("SANDBOX_LAUNCHER", "warm", "warm: fork Python runs from a preloaded zygote; cold"),
     Setting("SANDBOX_PRELOAD", "none", "more modules the warm zygote imports (comma-separated)"),
+    Setting(
+        "SANDBOX_SPARES", "2", "processes started ahead per runtime for runs without a session"
+    ),
+    Setting(
+        "SANDBOX_SESSION_SPARES", "16", "at most this many started ahead for sessions' next runs"
+    ),
     Setting("SANDBOX_CPU_TIME", "60s", "CPU time per execution"),
     Setting("SANDBOX_MEMORY", "1GiB", "memory per process"),
     Setting("SANDBOX_SESSION_MEMORY", "MEMORY + WORKSPACE_SIZE", "memory of a session's cgroup"),

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class Process(abc.ABC):
 
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
+    preloaded = False
+    """Whether modules were imported before the code's own paths were known (warm)."""
 
     @property
     @abc.abstractmethod
@@ -41,6 +44,11 @@ class Process(abc.ABC):
     @abc.abstractmethod
     async def wait(self) -> int:
         """The exit code, or -N when killed by signal N."""
+
+    @property
+    def alive(self) -> bool:
+        """Not known to have exited (checked now, where that is cheap)."""
+        return self.returncode is None
 
     @abc.abstractmethod
     def _signal(self, sig: int) -> None: ...
@@ -135,6 +143,12 @@ class ForkedProcess(Process):
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)
 
+    @property
+    def alive(self) -> bool:
+        # The zygote's report of an exit may lag: a pidfd polls readable once the
+        # process has ended (a spare whose zygote died must not be taken).
+        return self.returncode is None and self._pidfd >= 0 and not has_exited(self._pidfd)
+
     def _signal(self, sig: int) -> None:
         # The pidfd names this process and no other, even once its pid is reused.
         if self._pidfd < 0:
@@ -155,6 +169,13 @@ class ForkedProcess(Process):
         if self.returncode is not None:
             for pipe in self._output:
                 pipe.transport.close()
+
+
+def has_exited(pidfd: int) -> bool:
+    """Whether the process has ended (a pidfd polls readable from then on)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,8 @@ class BoxedProcess(Process):
     supervisor, whose namespace takes the child (and anything it started)
     with it. The box itself is ended once the child is gone."""
 
+    preloaded = True
+
     def __init__(self, box: ExecProcess, child: ForkedProcess) -> None:
         self._box = box
         self._child = child
@@ -196,6 +219,10 @@ class BoxedProcess(Process):
 
     async def wait(self) -> int:
         return await self._child.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self._child.alive and self._box.returncode is None
 
     def _signal(self, sig: int) -> None:
         self._box._signal(sig)

@@ -63,6 +63,7 @@ class WarmPool:
         self._zygote: Zygote | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._closing = False
+        self._up = asyncio.Event()
         self.warm_starts = 0
         self.cold_starts = 0
         self.restarts = 0
@@ -74,6 +75,10 @@ class WarmPool:
     @property
     def ready(self) -> bool:
         return self._zygote is not None and self._zygote.alive
+
+    async def wait_ready(self) -> None:
+        """Return once a zygote serves starts."""
+        await self._up.wait()
 
     def state(self) -> PoolState:
         zygote = self._zygote
@@ -154,6 +159,7 @@ class WarmPool:
                 continue
             failures = 0
             self._zygote = zygote
+            self._up.set()
             log.info(
                 "%s zygote %d ready (preloaded: %s)",
                 self.runtime,
@@ -162,6 +168,7 @@ class WarmPool:
             )
             code = await zygote.wait()
             self._zygote = None
+            self._up.clear()
             if not self._closing:
                 self.restarts += 1
                 log.warning("%s zygote %d exited (%d); restarting", self.runtime, zygote.pid, code)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import StartError
 from ..runtimes import PRELUDES
-from .process import ForkedProcess, pipe_reader
+from .process import ForkedProcess, has_exited, pipe_reader
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class Zygote:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._pidfds: dict[int, int] = {}  # request id -> pidfd, while the child runs
         self._lost = False
+        # Polled by `alive`: asyncio learns of the exit only a moment later.
+        self._pidfd = os.pidfd_open(proc.pid)
         self.modules: frozenset[str] = frozenset()
         """Top-level modules the zygote imported from the runtime's site folders."""
         self.preloaded: tuple[str, ...] = ()
@@ -66,7 +68,9 @@ class Zygote:
 
     @property
     def alive(self) -> bool:
-        return not self._lost and self._proc.returncode is None
+        """Serving forks. When it has died, so have its children (their parent-death
+        signal is sent before the zygote's pidfd turns readable)."""
+        return not self._lost and self._pidfd >= 0 and not has_exited(self._pidfd)
 
     @classmethod
     async def start(
@@ -281,3 +285,7 @@ class Zygote:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
             await self._proc.wait()
+        finally:
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,15 +65,16 @@ class Runtime:
     index_hosts: tuple[str, ...] = ()
     """Hosts the package installer downloads from: its only routes out under egress and none."""
 
-    def start_message(self, code: str, workspace: Path, execution_id: str) -> dict[str, object]:
+    def start_message(
+        self, code: str, workspace: Path, execution_id: str, *, env: Mapping[str, str]
+    ) -> dict[str, object]:
+        """What the prelude runs. The request's env travels here, not at the process
+        start: a process may be started before its request arrives."""
         packages = workspace / PACKAGES_DIR
+        common = {"type": "start", "code": code, "env": dict(env)}
         if self.name == "python":
-            return {
-                "type": "start",
-                "code": code,
-                "sys_path": [str(packages / "python"), *self.site_paths],
-            }
-        return {"type": "start", "code": code, "module": str(packages / f"run-{execution_id}.mjs")}
+            return {**common, "sys_path": [str(packages / "python"), *self.site_paths]}
+        return {**common, "module": str(packages / f"run-{execution_id}.mjs")}
 
     def install_argv(
         self, package: str, workspace: Path, config: Config, network: Network

@@ -660,6 +660,35 @@ class GetInfoResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class Spares(_message.Message):
+        """Processes started ahead of their executions, waiting for them (the warm
+        launcher; SANDBOX_SPARES, SANDBOX_SESSION_SPARES).
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RUNTIME_FIELD_NUMBER: _builtins.int
+        WAITING_FIELD_NUMBER: _builtins.int
+        SERVED_FIELD_NUMBER: _builtins.int
+        runtime: _builtins.str
+        waiting: _builtins.int
+        """Waiting now: for runs without a session, and for sessions' next runs."""
+        served: _builtins.int
+        """Executions that found their process started."""
+        def __init__(
+            self,
+            *,
+            runtime: _builtins.str = ...,
+            waiting: _builtins.int = ...,
+            served: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["runtime", b"runtime", "served", b"served", "waiting", b"waiting"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUNTIMES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
@@ -668,6 +697,7 @@ class GetInfoResponse(_message.Message):
     RESOURCE_CONTROL_FIELD_NUMBER: _builtins.int
     LAUNCHER_FIELD_NUMBER: _builtins.int
     POOLS_FIELD_NUMBER: _builtins.int
+    SPARES_FIELD_NUMBER: _builtins.int
     isolation: _builtins.str
     """"none", "uid" or "namespaces"."""
     server_version: _builtins.str
@@ -690,6 +720,8 @@ class GetInfoResponse(_message.Message):
     def limits(self) -> Global___GetInfoResponse.Limits: ...
     @_builtins.property
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Pool]: ...
+    @_builtins.property
+    def spares(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Spares]: ...
     def __init__(
         self,
         *,
@@ -701,10 +733,11 @@ class GetInfoResponse(_message.Message):
         resource_control: _builtins.str = ...,
         launcher: _builtins.str = ...,
         pools: _abc.Iterable[Global___GetInfoResponse.Pool] | None = ...,
+        spares: _abc.Iterable[Global___GetInfoResponse.Spares] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "launcher", b"launcher", "limits", b"limits", "network", b"network", "pools", b"pools", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "launcher", b"launcher", "limits", b"limits", "network", b"network", "pools", b"pools", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version", "spares", b"spares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,6 +147,7 @@ socket.unref();
 socket.ref(); // until the start message arrives
 onStart = (start) => {
   socket.unref();
+  Object.assign(process.env, start.env); // the request's own variables
   const modulePath = start.module;
   fs.mkdirSync(path.dirname(modulePath), { recursive: true });
   fs.writeFileSync(modulePath, start.code);

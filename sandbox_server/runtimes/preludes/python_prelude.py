@@ -229,6 +229,7 @@ def _drop_own_frames(report, traceback):
 
 def _run():
     start = json.loads(_reader.readline())
+    os.environ.update(start["env"])  # the request's own variables
     _matplotlib_config()
     sys.path.extend(p for p in start["sys_path"] if p not in sys.path)
     sys.argv = [""]

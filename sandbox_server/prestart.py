@@ -1,0 +1,344 @@
+"""Processes started ahead of the executions that will use them.
+
+Most of a short run's time goes into starting its process: the run's cgroup,
+the box of namespaces, the fork or exec of the interpreter. None of it depends
+on the request, whose code and env travel in the start message. So under
+SANDBOX_LAUNCHER=warm a process is started ahead and waits for that message:
+for runs without a session, a few per runtime, each with a scratch workspace
+of its own; for a session, one after each of its runs (its uid, its workspace
+and its network are known by then). A spare serves one execution, as any
+process does, and is replaced in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cgroups import RunGroup
+from .launcher import Launcher, LaunchSpec, Process, WarmStart
+from .runtimes import PACKAGES_DIR, Runtime
+from .sessions import Workspace, Workspaces
+
+log = logging.getLogger(__name__)
+
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_CLOSE_WAIT = 10.0
+# How long a spare waits for its runtime's warm pool to come up (its imports).
+_POOL_WAIT_STEP = 0.25
+_POOL_WAIT_STEPS = 240
+
+
+class _Closed(Exception):
+    """The spares closed while a start waited."""
+
+
+@dataclass(eq=False)
+class Launched:
+    """A started process, its side of the channel and its cgroup: all a run needs."""
+
+    process: Process
+    group: RunGroup | None
+    to_server: int
+    """Read end of the pipe the prelude writes to."""
+    to_code: int
+    """Write end of the pipe the prelude reads its start message from."""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    async def discard(self) -> None:
+        """Kill the unused process and release what it held."""
+        try:
+            await self.process.kill()
+        finally:
+            os.close(self.to_server)
+            os.close(self.to_code)
+            if self.group is not None:
+                await self.group.finish()
+
+
+def code_path(runtime: Runtime) -> str:
+    return ":".join([*runtime.path_dirs, _BASE_PATH])
+
+
+def base_env(runtime: Runtime, workspace: Path) -> dict[str, str]:
+    """The code's environment before the request's own variables (sent with the code)."""
+    return {"PATH": code_path(runtime), "HOME": str(workspace), "LANG": "C.UTF-8", **runtime.env}
+
+
+async def launch(
+    runtime: Runtime, launcher: Launcher, workspaces: Workspaces, workspace: Workspace
+) -> Launched:
+    """Start `runtime`'s prelude for one run in `workspace`; it waits for its start message."""
+    # The channel is a pair of pipes rather than a socket: a runtime can
+    # reopen a pipe through /proc/self/fd as close-on-exec and close the
+    # inherited number, so the code's child processes never get it (Node
+    # has no other way to stop a socket fd from leaking into children).
+    to_code, to_server = os.pipe(), os.pipe()
+    theirs = (to_code[0], to_server[1])
+    if workspace.uid is not None:
+        # Reopening through /proc checks the pipe's owner: make it the session's.
+        for fd in theirs:
+            os.fchown(fd, workspace.uid, workspace.uid)
+    group: RunGroup | None = None
+    try:
+        network = await workspaces.network(workspace)
+        group = await start_group(workspaces, workspace)
+        process = await launcher.start(
+            LaunchSpec(
+                argv=[*runtime.argv, *map(str, theirs)],
+                cwd=workspace.path,
+                env=base_env(runtime, workspace.path),
+                pass_fds=theirs,
+                uid=workspace.uid,
+                memory=runtime.address_space,
+                netns_fd=network.fd if network else None,
+                cgroups=group.folders if group else (),
+                warm=WarmStart(
+                    runtime=runtime.name,
+                    channel=theirs,
+                    packages=workspace.path / PACKAGES_DIR / runtime.name,
+                ),
+            )
+        )
+    except BaseException:
+        os.close(to_code[1])
+        os.close(to_server[0])
+        if group is not None:
+            await group.finish()
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    return Launched(process, group, to_server=to_server[0], to_code=to_code[1])
+
+
+async def start_group(workspaces: Workspaces, workspace: Workspace) -> RunGroup | None:
+    """A run's cgroup inside its session's: the session's caps, this run's CPU time."""
+    session = await workspaces.cgroup(workspace)
+    return await session.start_run() if session is not None else None
+
+
+@dataclass(frozen=True)
+class SpareState:
+    """What GetInfo reports of one runtime's spares."""
+
+    runtime: str
+    waiting: int
+    served: int
+
+
+@dataclass(eq=False)
+class _Scratch:
+    workspace: Workspace
+    launched: Launched
+
+
+class Spares:
+    """Started processes waiting for their executions, by runtime and workspace.
+
+    `scratch`: how many wait per runtime for runs without a session;
+    `sessions`: at most how many wait for sessions' next runs (the least
+    recently prepared goes first). Both bound the idle memory."""
+
+    def __init__(
+        self,
+        runtimes: dict[str, Runtime],
+        launcher: Launcher,
+        workspaces: Workspaces,
+        *,
+        scratch: int,
+        sessions: int,
+    ) -> None:
+        self._runtimes = runtimes
+        self._launcher = launcher
+        self._workspaces = workspaces
+        self._scratch_size = scratch
+        self._session_size = sessions
+        self._scratch: dict[str, list[_Scratch]] = {name: [] for name in runtimes}
+        self._filling: dict[str, int] = dict.fromkeys(runtimes, 0)
+        self._sessions: OrderedDict[tuple[str, Path], tuple[Workspace, Launched]] = OrderedDict()
+        self._preparing: dict[tuple[str, Path], asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._served = dict.fromkeys(runtimes, 0)
+
+    def open(self) -> None:
+        for runtime in self._runtimes.values():
+            self._fill_scratch(runtime)
+
+    # -- runs without a session ----------------------------------------------
+
+    def take_scratch(self, runtime: Runtime) -> tuple[Workspace, Launched] | None:
+        """A scratch workspace with a process waiting in it, or None."""
+        queue = self._scratch[runtime.name]
+        found = None
+        while queue and found is None:
+            spare = queue.pop(0)
+            if spare.launched.alive and self._usable(runtime, spare.workspace, spare.launched):
+                found = spare
+            else:
+                self._background(self._drop_scratch(spare), "drop-spare")
+        self._fill_scratch(runtime)
+        if found is None:
+            return None
+        self._served[runtime.name] += 1
+        return found.workspace, found.launched
+
+    def _fill_scratch(self, runtime: Runtime) -> None:
+        missing = (
+            self._scratch_size - len(self._scratch[runtime.name]) - self._filling[runtime.name]
+        )
+        for _ in range(max(missing, 0)):
+            if self._closed:
+                return
+            self._filling[runtime.name] += 1
+            self._background(self._make_scratch(runtime), f"spare-{runtime.name}")
+
+    async def _make_scratch(self, runtime: Runtime) -> None:
+        try:
+            workspace = await self._workspaces.create_scratch("spare")
+            try:
+                launched = await self._launch(runtime, workspace)
+            except BaseException:
+                await self._workspaces.discard_scratch(workspace)
+                raise
+            spare = _Scratch(workspace, launched)
+            if self._closed:
+                await self._drop_scratch(spare)
+            else:
+                self._scratch[runtime.name].append(spare)
+        except _Closed:
+            pass
+        except Exception:
+            log.exception("could not start a spare %s process", runtime.name)
+        finally:
+            self._filling[runtime.name] -= 1
+
+    async def _drop_scratch(self, spare: _Scratch) -> None:
+        try:
+            await spare.launched.discard()
+        finally:
+            await self._workspaces.discard_scratch(spare.workspace)
+
+    # -- sessions ---------------------------------------------------------------
+
+    def take(self, runtime: Runtime, workspace: Workspace) -> Launched | None:
+        """The process waiting for this session's next run of `runtime`, or None."""
+        found = self._sessions.pop((runtime.name, workspace.path), None)
+        if found is None:
+            return None
+        made_for, launched = found
+        if made_for == workspace and launched.alive and self._usable(runtime, workspace, launched):
+            self._served[runtime.name] += 1
+            return launched
+        self._background(launched.discard(), "drop-spare")
+        return None
+
+    def prepare(self, runtime: Runtime, workspace: Workspace) -> None:
+        """Start a process for the session's next run of `runtime`, in the background."""
+        key = (runtime.name, workspace.path)
+        if (
+            self._closed
+            or self._session_size <= 0
+            or key in self._sessions
+            or key in self._preparing
+            # A session deleted meanwhile: its release has already run.
+            or not self._workspaces.holds(workspace)
+        ):
+            return
+        task = self._background(self._make_for_session(runtime, workspace, key), "spare-session")
+        self._preparing[key] = task
+
+    async def _make_for_session(
+        self, runtime: Runtime, workspace: Workspace, key: tuple[str, Path]
+    ) -> None:
+        try:
+            launched = await self._launch(runtime, workspace)
+        except _Closed:
+            return
+        except Exception:
+            log.exception("could not start a spare %s process for a session", runtime.name)
+            return
+        finally:
+            self._preparing.pop(key, None)
+        if self._closed:
+            await launched.discard()
+            return
+        self._sessions[key] = (workspace, launched)
+        while len(self._sessions) > self._session_size:
+            _, (_, oldest) = self._sessions.popitem(last=False)
+            self._background(oldest.discard(), "drop-spare")
+
+    async def release(self, path: Path) -> None:
+        """The workspace at `path` goes away: stop what waits in it (before its files do)."""
+        for key in [key for key in self._preparing if key[1] == path]:
+            task = self._preparing.pop(key)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for key in [key for key in self._sessions if key[1] == path]:
+            try:
+                await self._sessions.pop(key)[1].discard()
+            except Exception:  # the workspace's cgroup removal still kills what is left
+                log.exception("could not stop a spare process in %s", path)
+
+    # -- both -------------------------------------------------------------------
+
+    def _usable(self, runtime: Runtime, workspace: Workspace, launched: Launched) -> bool:
+        """Whether the process is what a start now would give: preloaded exactly
+        when the warm pool is up and the session's own packages shadow nothing
+        it preloaded (they may have been installed since)."""
+        pool = self._launcher.pools.get(runtime.name)
+        if pool is None:
+            return True
+        packages = workspace.path / PACKAGES_DIR / runtime.name
+        return launched.process.preloaded == pool.accepts(packages)
+
+    async def _launch(self, runtime: Runtime, workspace: Workspace) -> Launched:
+        pool = self._launcher.pools.get(runtime.name)
+        # Made while the pool starts, a spare would be cold and then unused.
+        for _ in range(_POOL_WAIT_STEPS):
+            if pool is None or self._closed or pool.ready:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.wait_ready(), _POOL_WAIT_STEP)
+        if self._closed:
+            raise _Closed
+        return await launch(runtime, self._launcher, self._workspaces, workspace)
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def states(self) -> tuple[SpareState, ...]:
+        waiting = {name: len(queue) for name, queue in self._scratch.items()}
+        for name, _ in self._sessions:
+            waiting[name] += 1
+        return tuple(SpareState(name, waiting[name], self._served[name]) for name in self._runtimes)
+
+    async def close(self) -> None:
+        """Stop every waiting process and the starts under way."""
+        self._closed = True
+        # Starts under way end by themselves in moments (and drop what they
+        # made); cancelled only if stuck.
+        if self._tasks:
+            _, stuck = await asyncio.wait(set(self._tasks), timeout=_CLOSE_WAIT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        for queue in self._scratch.values():
+            while queue:
+                await self._drop_scratch(queue.pop())
+        while self._sessions:
+            await self._sessions.popitem()[1][1].discard()
