@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtimes import Runtime
+from ..runtimes import MALLOC_ENV, Runtime
 from .process import ForkedProcess
 from .zygote import Zygote, ZygoteUnavailable
 
@@ -198,6 +198,7 @@ def python_pool(runtime: Runtime, library: Path, preload: Sequence[str]) -> Warm
         "MKL_NUM_THREADS": "1",
         "NUMEXPR_MAX_THREADS": "1",
         "MPLBACKEND": "Agg",
+        **MALLOC_ENV,
     }
     if "OASIS_MPL_CACHE" in runtime.env:
         # The prebuilt font cache, which the sandbox can read: matplotlib keeps this path.

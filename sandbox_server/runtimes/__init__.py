@@ -41,6 +41,11 @@ _ARCHIVE_NAME = re.compile(
 )
 
 
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2"}
+"""glibc reserves 64 MiB of address space for each thread's malloc arena (up to 8
+per core): under RLIMIT_AS, some threads would exhaust the memory limit."""
+
+
 class RuntimeUnavailable(StartError):
     pass
 
@@ -137,7 +142,7 @@ def probe_python(python_bin: str, limits: Limits, index_url: str | None = None) 
             ]
         )
     )
-    env = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    env = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **MALLOC_ENV}
     # A font cache prepared by `make install` saves seconds on the first plot.
     mplconfig = Path(info["prefix"]).parent / "mplconfig"
     if mplconfig.is_dir():

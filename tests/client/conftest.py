@@ -120,3 +120,31 @@ def pids_with_env(marker: str) -> list[int]:
         if state not in ("Z", "X"):
             found.append(int(entry))
     return found
+
+
+def execution_pids(marker: str) -> set[int]:
+    """Processes of one execution: its code's children, whose environment holds
+    `marker`, and their parent, the code itself (a process started ahead of its
+    request gets the request's env later, which its /proc environ never shows)."""
+    children = pids_with_env(marker)
+    return set(children) | {parent for pid in children if (parent := _parent(pid))}
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (not zombies)."""
+    running = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            running.add(pid)
+    return running
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0

@@ -25,7 +25,7 @@ from oasis.code import GrpcRunner, RetryAttempt
 
 from ..conftest import StartServer
 from ..helpers import eventually
-from .conftest import StartServerProcess, free_port, pids_with_env
+from .conftest import StartServerProcess, alive, execution_pids, free_port
 
 SLEEPER = {
     "python": """
@@ -51,15 +51,17 @@ async def test_cancelling_run_kills_the_code(runner: GrpcRunner, runtime: str) -
     )
     task = asyncio.create_task(runner.run(request, tool_dispatcher({})))
     # The code and the child it started are both running.
-    await eventually(lambda: len(pids_with_env(marker)) >= 2, timeout=30, what="the code to start")
+    running = await eventually(
+        lambda: len(found := execution_pids(marker)) >= 2 and found,
+        timeout=30,
+        what="the code to start",
+    )
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    await eventually(
-        lambda: not pids_with_env(marker), timeout=10, what="the code's processes to end"
-    )
+    await eventually(lambda: not alive(running), timeout=10, what="the code's processes to end")
 
 
 async def test_leaving_a_stream_early_kills_the_code(runner: GrpcRunner) -> None:
@@ -69,11 +71,10 @@ async def test_leaving_a_stream_early_kills_the_code(runner: GrpcRunner) -> None
         async for event in events:
             assert event.data.startswith(b"ready")  # type: ignore[union-attr]
             break
-        assert pids_with_env(marker), "the code should be running while the stream is open"
+        running = execution_pids(marker)
+        assert len(running) == 2, "the code should be running while the stream is open"
 
-    await eventually(
-        lambda: not pids_with_env(marker), timeout=10, what="the code's processes to end"
-    )
+    await eventually(lambda: not alive(running), timeout=10, what="the code's processes to end")
 
 
 class Ledger:

@@ -22,7 +22,7 @@ from oasis.code import SyncGrpcRunner
 from sandbox_server.server import SandboxServer
 
 from ..helpers import eventually
-from .conftest import pids_with_env
+from .conftest import alive, execution_pids
 
 # The server runs on this test's event loop, so the blocking calls go to threads.
 
@@ -78,7 +78,11 @@ async def test_stream_info_delete_and_close(server: SandboxServer) -> None:
 async def test_leaving_the_sync_stream_early_cancels_the_code(server: SandboxServer) -> None:
     marker = f"oasis-test-{uuid.uuid4().hex}"
     request = CodeRequest(
-        code="import time\nprint('ready', flush=True)\ntime.sleep(600)",
+        code=(
+            "import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "print('ready', flush=True)\ntime.sleep(600)"
+        ),
         timeout=120,
         env={"OASIS_TEST_MARKER": marker},
     )
@@ -88,15 +92,14 @@ async def test_leaving_the_sync_stream_early_cancels_the_code(server: SandboxSer
     def work() -> int:
         events = runner.stream(request, tool_dispatcher({}))
         assert isinstance(next(events), LogChunk)
-        running = len(pids_with_env(marker))
+        running = execution_pids(marker)
         events.close()  # the runner stays open: only closing the stream may stop the code
         return running
 
     try:
-        assert await asyncio.to_thread(work) >= 1
-        await eventually(
-            lambda: not pids_with_env(marker), timeout=10, what="the code's processes to end"
-        )
+        running = await asyncio.to_thread(work)
+        assert len(running) == 2, "the code and its child"
+        await eventually(lambda: not alive(running), timeout=10, what="the code's processes to end")
     finally:
         await asyncio.to_thread(runner.close)
 

@@ -180,18 +180,30 @@ async def test_input_file_over_a_planted_link_does_not_write_through(
 BAD_SESSION_IDS = ["..", "../escape", "a/b", "/abs", ".hidden", "-dash", "x" * 129, "a\0b", "ä"]
 
 
+def listing(root: Path) -> list[str]:
+    """Everything under the workspace root, but the scratch workspaces of processes
+    started ahead (made and used by the server as runs come)."""
+    found = []
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if parts[0] == "scratch" and len(parts) > 1 and parts[1].startswith("spare."):
+            continue
+        found.append(str(path.relative_to(root)))
+    return sorted(found)
+
+
 @pytest.mark.parametrize("session_id", BAD_SESSION_IDS)
 async def test_traversal_in_session_ids_is_refused(
     server: SandboxServer, stub: pb_grpc.SandboxStub, session_id: str
 ) -> None:
     """Execute and DeleteWorkspace refuse session ids that are not plain names; nothing is created."""
-    before = sorted(p.name for p in server.config.workspace_root.rglob("*"))
+    before = listing(server.config.workspace_root)
     error = await execute_error(stub, start_message("set_result(1)", session_id=session_id))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "invalid session_id" in error.details()
     error = await rpc_error(stub.DeleteWorkspace(pb.DeleteWorkspaceRequest(session_id=session_id)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert sorted(p.name for p in server.config.workspace_root.rglob("*")) == before
+    assert listing(server.config.workspace_root) == before
 
 
 @pytest.mark.parametrize(
@@ -203,12 +215,12 @@ async def test_traversal_in_http_workspace_path_is_refused(
     """DELETE /workspace/<id> with a climbing or malformed id (sent unnormalized) is a 4xx and deletes nothing."""
     assert (await client.run("set_result(1)", session_id="victim")).output == 1
     root = server.config.workspace_root
-    before = sorted(p.name for p in root.rglob("*"))
+    before = listing(root)
     async with ClientSession() as http:
         url = URL(f"http://127.0.0.1:{server.http_port}/workspace/{path}", encoded=True)
         async with http.delete(url) as response:
             assert 400 <= response.status < 500
-    assert sorted(p.name for p in root.rglob("*")) == before
+    assert listing(root) == before
     assert session_path(server, "victim").is_dir()
 
 
@@ -303,4 +315,5 @@ async def test_3000_deep_scratch_tree_and_leftovers_are_deleted(
         outcome = await client.run(DEEP_TREE, timeout=90)
     assert outcome.output == 3000, outcome.result.error
     scratch = server.config.workspace_root / "scratch"
-    assert list(scratch.iterdir()) == []
+    # What is left there are the empty workspaces of processes started ahead.
+    assert [path.name for path in scratch.iterdir() if any(path.iterdir())] == []

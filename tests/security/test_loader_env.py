@@ -31,13 +31,15 @@ async def test_ld_preload_in_env_runs_only_as_the_session(client: SandboxClient)
     assert build.status == "OK", build.result.error
     workspace = build.output
 
+    # The env is the code's from its first line, so a program it starts loads the library.
     run = await client.run(
-        "import os\nset_result(open('preload.log').read())",
+        "import subprocess\nsubprocess.run(['true'], check=True)\n"
+        "set_result(open('preload.log').read())",
         session_id="preload",
         env={"LD_PRELOAD": f"{workspace}/evil.so"},
     )
     assert run.status == "OK", run.result.error
     uids = {int(line.removeprefix("uid=")) for line in run.output.split()}
-    # The library did load (into the code), and never as root.
+    # The library did load (into the code's own program), and never as root.
     assert uids, "the preload never ran, so the test proves nothing"
     assert 0 not in uids

@@ -15,6 +15,7 @@ import pytest
 
 from oasis.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.config import ConfigError, load
+from sandbox_server.server import SandboxServer
 
 from ..conftest import StartServer
 from ..helpers import eventually
@@ -54,9 +55,22 @@ async def waiting(client: SandboxClient, runtime: str, count: int) -> pb.GetInfo
     return found
 
 
-async def connect(start_server: StartServer, **settings: str) -> SandboxClient:
+async def connect(
+    start_server: StartServer, **settings: str
+) -> tuple[SandboxServer, SandboxClient]:
     server = await start_server(SANDBOX_LAUNCHER="warm", **settings)
-    return SandboxClient(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+    return server, SandboxClient(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+
+
+def session_groups(server: SandboxServer, session_id: str) -> list[Path]:
+    """The session's cgroup folders (none without cgroups)."""
+    assert server.sandbox is not None
+    return [
+        group
+        for folder in server.sandbox.cgroups.folders
+        for group in folder.iterdir()
+        if group.name.endswith(f"sessions-{session_id}")
+    ]
 
 
 @pytest.mark.parametrize("runtime", ["python", "node"])
@@ -64,7 +78,7 @@ async def test_a_session_run_finds_its_process_started_and_deleting_stops_it(
     start_server: StartServer, runtime: str
 ) -> None:
     before = boxes()
-    client = await connect(start_server, SANDBOX_SPARES="0")
+    server, client = await connect(start_server, SANDBOX_SPARES="0")
     write, read = {
         "python": (
             "open('note.txt', 'w').write('kept')\nset_result(1)",
@@ -90,12 +104,13 @@ async def test_a_session_run_finds_its_process_started_and_deleting_stops_it(
     assert deleted.deleted
     assert (await spares(client, runtime)).waiting == 0
     await eventually(lambda: not (boxes() - before), what="the session's spare to stop")
+    assert session_groups(server, "ahead") == []
 
 
 async def test_scratch_spares_serve_one_run_each_and_are_replaced(
     start_server: StartServer,
 ) -> None:
-    client = await connect(start_server, SANDBOX_SPARES="1", SANDBOX_SESSION_SPARES="0")
+    _, client = await connect(start_server, SANDBOX_SPARES="1", SANDBOX_SESSION_SPARES="0")
     state = await waiting(client, "node", 1)
     code = (
         "const fs = require('fs');"
