@@ -259,6 +259,9 @@ class Execution:
             await self._events.put(
                 Result(status=Status.ERROR, exit_code=-1, error=f"internal sandbox error: {exc!r}")
             )
+        finally:
+            if scratch is not None and spares is not None:
+                spares.replenish(self._runtime)  # the replacement of the one this run took
         # Not in a finally: when this task is cancelled nobody reads the queue any more.
         await self._events.put(_End())
 

@@ -188,11 +188,18 @@ class Spares:
                 found = spare
             else:
                 self._background(self._drop_scratch(spare), "drop-spare")
-        self._fill_scratch(runtime)
         if found is None:
+            self.replenish(runtime)
             return None
         self._served[runtime.name] += 1
         return found.workspace, found.launched
+
+    def replenish(self, runtime: Runtime) -> None:
+        """Start what `runtime`'s runs without a session lack, in the background.
+
+        Called when a run that took one ends: started earlier, the new one
+        would compete with that run for the CPU."""
+        self._fill_scratch(runtime)
 
     def _fill_scratch(self, runtime: Runtime) -> None:
         missing = (

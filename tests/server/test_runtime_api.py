@@ -185,7 +185,7 @@ ENV = {
     "node": "setResult({env: process.env, cwd: process.cwd()});",
 }
 ALLOWED = {"PATH", "HOME", "LANG"}
-RUNTIME_EXTRAS = {"PYTHONUNBUFFERED", "MPLBACKEND", "MPLCONFIGDIR"}
+RUNTIME_EXTRAS = {"PYTHONUNBUFFERED", "MPLBACKEND", "MPLCONFIGDIR", "MALLOC_ARENA_MAX"}
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

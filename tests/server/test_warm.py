@@ -86,6 +86,10 @@ async def warm(
     return server, client
 
 
+async def _not_ready(client: SandboxClient) -> bool:
+    return not (await pool(client)).ready
+
+
 async def _waiting(client: SandboxClient) -> bool:
     return (await spares(client)).waiting >= 2
 
@@ -272,7 +276,7 @@ async def test_the_pool_recovers_when_its_zygote_is_killed(
     # Once it has died (its children with it: a run that took one of them a
     # moment before fails as any run under a dying zygote does), the next
     # execution succeeds at once, cold while the zygote restarts.
-    await eventually(lambda: zygote not in zygotes(), what="the zygote to die")
+    await eventually(lambda: _not_ready(client), what="the pool to see its zygote dead")
     assert await run_ok(client, "set_result(6 * 7)") == 42
     state = await ready_pool(client)
     assert state.restarts == 1

@@ -145,6 +145,11 @@ process.on('unhandledRejection', reportError);
 
 socket.unref();
 socket.ref(); // until the start message arrives
+// Set up the ES module loader while the start message is on its way (a
+// process may be started ahead of its request): the first import pays it.
+const loaderReady = import(pathToFileURL(path.join(__dirname, 'node_warmup.mjs')).href).catch(
+  () => {},
+);
 onStart = (start) => {
   socket.unref();
   Object.assign(process.env, start.env); // the request's own variables
@@ -158,7 +163,7 @@ onStart = (start) => {
     installPackage,
     require: createRequire(modulePath),
   });
-  import(pathToFileURL(modulePath).href).then(
+  loaderReady.then(() => import(pathToFileURL(modulePath).href)).then(
     () => fs.rmSync(modulePath, { force: true }),
     (err) => {
       fs.rmSync(modulePath, { force: true });

@@ -228,9 +228,10 @@ def _drop_own_frames(report, traceback):
 
 
 def _run():
-    start = json.loads(_reader.readline())
-    os.environ.update(start["env"])  # the request's own variables
+    # Before the start message: a process may be started ahead of its request.
     _matplotlib_config()
+    start = json.loads(_reader.readline())
+    os.environ.update(start["env"])  # the request's own variables (MPLCONFIGDIR wins)
     sys.path.extend(p for p in start["sys_path"] if p not in sys.path)
     sys.argv = [""]
     main = type(sys)("__main__")
