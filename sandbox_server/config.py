@@ -88,7 +88,7 @@ class Config:
     spares: int = 2
     """SANDBOX_SPARES: processes started ahead per runtime for runs without a session
     (warm launcher only); 0 starts each when its request arrives."""
-    session_spares: int = 16
+    session_spares: int = 8
     """SANDBOX_SESSION_SPARES: at most this many processes started ahead for
     sessions' next runs, one per session and runtime (the least recent go first)."""
 

@@ -113,10 +113,14 @@ class Sandbox:
         return cls(config, runtimes, launcher, workspaces, spares)
 
     async def close(self) -> None:
-        if self._spares is not None:
-            await self._spares.close()
-        await self._launcher.close()
-        await self._workspaces.close()
+        try:
+            if self._spares is not None:
+                await self._spares.close()
+        finally:
+            try:
+                await self._launcher.close()
+            finally:
+                await self._workspaces.close()
 
     @property
     def isolation(self) -> str:

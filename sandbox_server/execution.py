@@ -51,7 +51,7 @@ from .model import (
     ToolCallEvent,
 )
 from .outputs import MAX_ERROR
-from .prestart import Launched, Spares, code_path, launch, start_group
+from .prestart import Launched, Spares, code_path, launch, servable, start_group
 from .runtimes import Runtime
 from .sessions import Workspace, Workspaces
 
@@ -226,7 +226,8 @@ class Execution:
     # -- the run ------------------------------------------------------------
 
     async def _run(self) -> None:
-        spares, session_id = self._spares, self.spec.session_id
+        session_id = self.spec.session_id
+        spares = self._spares if servable(self.spec.env) else None
         scratch = None
         taken = spares.take_scratch(self._runtime) if spares and not session_id else None
         if taken is not None:
@@ -249,8 +250,8 @@ class Execution:
                 finally:
                     if self._spare is not None:  # the run ended before it started its code
                         await self._spare.discard()
-                if spares is not None and session_id:
-                    spares.prepare(self._runtime, lease)
+                if self._spares is not None and session_id:
+                    self._spares.prepare(self._runtime, lease)
         except RequestError as exc:
             self.fail(exc)
         except Exception as exc:
@@ -347,9 +348,25 @@ class _Run:
     async def execute(self) -> Result:
         ex = self.ex
         assert ex._lease is not None
-        launched, ex._spare = ex._spare, None
-        if launched is None:
-            launched = await launch(ex._runtime, ex._launcher, ex._workspaces, ex._lease)
+        launched = ex._spare
+        # Checked again: the input files just written may shadow a preloaded module.
+        if launched is not None and not (
+            ex._spares is not None and ex._spares.usable(ex._runtime, ex._lease, launched)
+        ):
+            ex._spare = None
+            await launched.discard()
+            launched = None
+        if launched is not None:
+            await launched.claim()
+            ex._spare = None  # the run's own from here (until then, Execution._run drops it)
+        else:
+            launched = await launch(
+                runtime=ex._runtime,
+                launcher=ex._launcher,
+                workspaces=ex._workspaces,
+                workspace=ex._lease,
+                env=ex.spec.env,
+            )
         process, group = launched.process, launched.group
         try:
             await self.channel.open(launched.to_server, launched.to_code)

@@ -13,11 +13,10 @@ process does, and is replaced in the background.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,7 @@ log = logging.getLogger(__name__)
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _CLOSE_WAIT = 10.0
 # How long a spare waits for its runtime's warm pool to come up (its imports).
-_POOL_WAIT_STEP = 0.25
-_POOL_WAIT_STEPS = 240
-
-
-class _Closed(Exception):
-    """The spares closed while a start waited."""
+_POOL_WAIT = 60.0
 
 
 @dataclass(eq=False)
@@ -54,6 +48,11 @@ class Launched:
     @property
     def alive(self) -> bool:
         return self.process.alive
+
+    async def claim(self) -> None:
+        """The run starts now: only what happens from here is its own."""
+        if self.group is not None:
+            await self.group.rebase()
 
     async def discard(self) -> None:
         """Kill the unused process and release what it held."""
@@ -76,9 +75,18 @@ def base_env(runtime: Runtime, workspace: Path) -> dict[str, str]:
 
 
 async def launch(
-    runtime: Runtime, launcher: Launcher, workspaces: Workspaces, workspace: Workspace
+    *,
+    runtime: Runtime,
+    launcher: Launcher,
+    workspaces: Workspaces,
+    workspace: Workspace,
+    env: Mapping[str, str] | None = None,
 ) -> Launched:
-    """Start `runtime`'s prelude for one run in `workspace`; it waits for its start message."""
+    """Start `runtime`'s prelude for one run in `workspace`; it waits for its start message.
+
+    `env`: the request's variables, when it is known (they travel in the start
+    message too; given here, they also hold for the interpreter's own start, as
+    LD_LIBRARY_PATH or LC_ALL must)."""
     # The channel is a pair of pipes rather than a socket: a runtime can
     # reopen a pipe through /proc/self/fd as close-on-exec and close the
     # inherited number, so the code's child processes never get it (Node
@@ -97,7 +105,7 @@ async def launch(
             LaunchSpec(
                 argv=[*runtime.argv, *map(str, theirs)],
                 cwd=workspace.path,
-                env=base_env(runtime, workspace.path),
+                env={**base_env(runtime, workspace.path), **(env or {})},
                 pass_fds=theirs,
                 uid=workspace.uid,
                 memory=runtime.address_space,
@@ -128,6 +136,20 @@ async def start_group(workspaces: Workspaces, workspace: Workspace) -> RunGroup 
     return await session.start_run() if session is not None else None
 
 
+# Variables read once, as the interpreter starts (the loader, the C library,
+# Node's own options): a request that sets one gets a process started for it.
+_START_ONLY_PREFIXES = ("LD_", "LC_", "MALLOC_", "GLIBC_", "NODE_", "UV_", "OPENSSL_", "PYTHON")
+_START_ONLY_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "TMPDIR"})
+
+
+def servable(env: Mapping[str, str]) -> bool:
+    """Whether a process started ahead can run a request with this env (applied
+    once the request arrives), or one must be started with it."""
+    return not any(
+        name.startswith(_START_ONLY_PREFIXES) or name in _START_ONLY_NAMES for name in env
+    )
+
+
 @dataclass(frozen=True)
 class SpareState:
     """What GetInfo reports of one runtime's spares."""
@@ -138,9 +160,16 @@ class SpareState:
 
 
 @dataclass(eq=False)
-class _Scratch:
+class _Spare:
     workspace: Workspace
     launched: Launched
+
+    async def drop(self, workspaces: Workspaces, *, scratch: bool) -> None:
+        try:
+            await self.launched.discard()
+        finally:
+            if scratch:
+                await workspaces.discard_scratch(self.workspace)
 
 
 class Spares:
@@ -164,50 +193,42 @@ class Spares:
         self._workspaces = workspaces
         self._scratch_size = scratch
         self._session_size = sessions
-        self._scratch: dict[str, list[_Scratch]] = {name: [] for name in runtimes}
+        self._scratch: dict[str, list[_Spare]] = {name: [] for name in runtimes}
         self._filling: dict[str, int] = dict.fromkeys(runtimes, 0)
-        self._sessions: OrderedDict[tuple[str, Path], tuple[Workspace, Launched]] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, Path], _Spare] = OrderedDict()
         self._preparing: dict[tuple[str, Path], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._closing = asyncio.Event()
         self._served = dict.fromkeys(runtimes, 0)
 
     def open(self) -> None:
         for runtime in self._runtimes.values():
-            self._fill_scratch(runtime)
+            self.replenish(runtime)
 
     # -- runs without a session ----------------------------------------------
 
     def take_scratch(self, runtime: Runtime) -> tuple[Workspace, Launched] | None:
-        """A scratch workspace with a process waiting in it, or None."""
+        """A scratch workspace with a process waiting in it, or None (then more
+        are started at once: none waits)."""
         queue = self._scratch[runtime.name]
-        found = None
-        while queue and found is None:
+        while queue:
             spare = queue.pop(0)
-            if spare.launched.alive and self._usable(runtime, spare.workspace, spare.launched):
-                found = spare
-            else:
-                self._background(self._drop_scratch(spare), "drop-spare")
-        if found is None:
-            self.replenish(runtime)
-            return None
-        self._served[runtime.name] += 1
-        return found.workspace, found.launched
+            if spare.launched.alive and self.usable(runtime, spare.workspace, spare.launched):
+                self._served[runtime.name] += 1
+                return spare.workspace, spare.launched
+            self._background(spare.drop(self._workspaces, scratch=True), "drop-spare")
+        self.replenish(runtime)
+        return None
 
     def replenish(self, runtime: Runtime) -> None:
         """Start what `runtime`'s runs without a session lack, in the background.
 
         Called when a run that took one ends: started earlier, the new one
         would compete with that run for the CPU."""
-        self._fill_scratch(runtime)
-
-    def _fill_scratch(self, runtime: Runtime) -> None:
         missing = (
             self._scratch_size - len(self._scratch[runtime.name]) - self._filling[runtime.name]
         )
-        for _ in range(max(missing, 0)):
-            if self._closed:
-                return
+        for _ in range(max(missing, 0) if not self._closing.is_set() else 0):
             self._filling[runtime.name] += 1
             self._background(self._make_scratch(runtime), f"spare-{runtime.name}")
 
@@ -219,33 +240,30 @@ class Spares:
             except BaseException:
                 await self._workspaces.discard_scratch(workspace)
                 raise
-            spare = _Scratch(workspace, launched)
-            if self._closed:
-                await self._drop_scratch(spare)
+            if launched is None:
+                await self._workspaces.discard_scratch(workspace)
+                return
+            spare = _Spare(workspace, launched)
+            if self._closing.is_set():
+                await spare.drop(self._workspaces, scratch=True)
             else:
                 self._scratch[runtime.name].append(spare)
-        except _Closed:
-            pass
-        except Exception:
-            log.exception("could not start a spare %s process", runtime.name)
         finally:
             self._filling[runtime.name] -= 1
-
-    async def _drop_scratch(self, spare: _Scratch) -> None:
-        try:
-            await spare.launched.discard()
-        finally:
-            await self._workspaces.discard_scratch(spare.workspace)
 
     # -- sessions ---------------------------------------------------------------
 
     def take(self, runtime: Runtime, workspace: Workspace) -> Launched | None:
         """The process waiting for this session's next run of `runtime`, or None."""
-        found = self._sessions.pop((runtime.name, workspace.path), None)
-        if found is None:
+        spare = self._sessions.pop((runtime.name, workspace.path), None)
+        if spare is None:
             return None
-        made_for, launched = found
-        if made_for == workspace and launched.alive and self._usable(runtime, workspace, launched):
+        launched = spare.launched
+        if (
+            spare.workspace == workspace
+            and launched.alive
+            and self.usable(runtime, workspace, launched)
+        ):
             self._served[runtime.name] += 1
             return launched
         self._background(launched.discard(), "drop-spare")
@@ -255,7 +273,7 @@ class Spares:
         """Start a process for the session's next run of `runtime`, in the background."""
         key = (runtime.name, workspace.path)
         if (
-            self._closed
+            self._closing.is_set()
             or self._session_size <= 0
             or key in self._sessions
             or key in self._preparing
@@ -271,62 +289,78 @@ class Spares:
     ) -> None:
         try:
             launched = await self._launch(runtime, workspace)
-        except _Closed:
-            return
-        except Exception:
-            log.exception("could not start a spare %s process for a session", runtime.name)
-            return
         finally:
             self._preparing.pop(key, None)
-        if self._closed:
+        if launched is None:
+            return
+        if self._closing.is_set():
             await launched.discard()
             return
-        self._sessions[key] = (workspace, launched)
+        self._sessions[key] = _Spare(workspace, launched)
         while len(self._sessions) > self._session_size:
-            _, (_, oldest) = self._sessions.popitem(last=False)
-            self._background(oldest.discard(), "drop-spare")
+            _, oldest = self._sessions.popitem(last=False)
+            self._background(oldest.launched.discard(), "drop-spare")
 
     async def release(self, path: Path) -> None:
         """The workspace at `path` goes away: stop what waits in it (before its files do)."""
-        for key in [key for key in self._preparing if key[1] == path]:
-            task = self._preparing.pop(key)
+        # Both tables are cleared before any await: a start ending meanwhile
+        # cannot add to them (its session no longer `holds`), nor make a key vanish.
+        tasks = [self._preparing.pop(key) for key in list(self._preparing) if key[1] == path]
+        spares = [self._sessions.pop(key) for key in list(self._sessions) if key[1] == path]
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        for key in [key for key in self._sessions if key[1] == path]:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for spare in spares:
             try:
-                await self._sessions.pop(key)[1].discard()
+                await spare.launched.discard()
             except Exception:  # the workspace's cgroup removal still kills what is left
                 log.exception("could not stop a spare process in %s", path)
 
     # -- both -------------------------------------------------------------------
 
-    def _usable(self, runtime: Runtime, workspace: Workspace, launched: Launched) -> bool:
+    def usable(self, runtime: Runtime, workspace: Workspace, launched: Launched) -> bool:
         """Whether the process is what a start now would give: preloaded exactly
-        when the warm pool is up and the session's own packages shadow nothing
-        it preloaded (they may have been installed since)."""
+        when the warm pool is up and the workspace's own packages shadow nothing
+        it preloaded (they may have come since: installed, or sent as files)."""
         pool = self._launcher.pools.get(runtime.name)
         if pool is None:
             return True
         packages = workspace.path / PACKAGES_DIR / runtime.name
         return launched.process.preloaded == pool.accepts(packages)
 
-    async def _launch(self, runtime: Runtime, workspace: Workspace) -> Launched:
+    async def _launch(self, runtime: Runtime, workspace: Workspace) -> Launched | None:
+        """A process for a run to come; None when the spares closed meanwhile."""
         pool = self._launcher.pools.get(runtime.name)
-        # Made while the pool starts, a spare would be cold and then unused.
-        for _ in range(_POOL_WAIT_STEPS):
-            if pool is None or self._closed or pool.ready:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pool.wait_ready(), _POOL_WAIT_STEP)
-        if self._closed:
-            raise _Closed
-        return await launch(runtime, self._launcher, self._workspaces, workspace)
+        if pool is not None and not pool.ready:
+            # Made while the pool starts, a spare would be cold and then unused.
+            waits = {
+                asyncio.ensure_future(pool.wait_ready()),
+                asyncio.ensure_future(self._closing.wait()),
+            }
+            try:
+                await asyncio.wait(waits, timeout=_POOL_WAIT, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if self._closing.is_set():
+            return None
+        return await launch(
+            runtime=runtime,
+            launcher=self._launcher,
+            workspaces=self._workspaces,
+            workspace=workspace,
+        )
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=error)
 
     def states(self) -> tuple[SpareState, ...]:
         waiting = {name: len(queue) for name, queue in self._scratch.items()}
@@ -336,16 +370,26 @@ class Spares:
 
     async def close(self) -> None:
         """Stop every waiting process and the starts under way."""
-        self._closed = True
+        self._closing.set()
         # Starts under way end by themselves in moments (and drop what they
-        # made); cancelled only if stuck.
-        if self._tasks:
+        # made); cancelled only if stuck. Drops they scheduled are waited for too.
+        for _ in range(3):
+            if not self._tasks:
+                break
             _, stuck = await asyncio.wait(set(self._tasks), timeout=_CLOSE_WAIT)
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
+        waiting = [spare for queue in self._scratch.values() for spare in queue]
         for queue in self._scratch.values():
-            while queue:
-                await self._drop_scratch(queue.pop())
-        while self._sessions:
-            await self._sessions.popitem()[1][1].discard()
+            queue.clear()
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        results = await asyncio.gather(
+            *(spare.drop(self._workspaces, scratch=True) for spare in waiting),
+            *(spare.launched.discard() for spare in sessions),
+            return_exceptions=True,
+        )
+        for error in results:
+            if isinstance(error, BaseException):
+                log.error("could not stop a spare process", exc_info=error)

@@ -342,8 +342,6 @@ class Workspaces:
 
     async def _release(self, workspace: Workspace) -> Path | None:
         """Stop the workspace's processes and free its name; the folder left to delete."""
-        if self.on_release is not None:
-            await self.on_release(workspace.path)
         network = self._networks.pop(workspace.path)
         group = self._groups.pop(workspace.path)
         if network is not None:
@@ -355,6 +353,8 @@ class Workspaces:
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         try:
+            if self.on_release is not None:
+                await self.on_release(workspace.path)
             if group is not None:
                 # First: no process of the session may outlive it (this never raises).
                 await group.remove()

@@ -55,7 +55,7 @@ SETTINGS = (
         "SANDBOX_SPARES", "2", "processes started ahead per runtime for runs without a session"
     ),
     Setting(
-        "SANDBOX_SESSION_SPARES", "16", "at most this many started ahead for sessions' next runs"
+        "SANDBOX_SESSION_SPARES", "8", "at most this many started ahead for sessions' next runs"
     ),
     Setting("SANDBOX_CPU_TIME", "60s", "CPU time per execution"),
     Setting("SANDBOX_MEMORY", "1GiB", "memory per process"),

@@ -223,6 +223,14 @@ class RunGroup:
         self._oom_before = oom_before
         self._usage: Usage | None = None
 
+    async def rebase(self) -> None:
+        """Count the session's OOM kills from now: a group made ahead of its run must
+        not blame it for one in another run meanwhile."""
+        try:
+            self._oom_before = await asyncio.to_thread(self._tree.oom_kills, self._session)
+        except OSError:
+            log.exception("could not read the OOM kills of cgroup %s", self._session)
+
     async def finish(self) -> Usage:
         """Kill what is left of the run, read what it used and remove its group; idempotent."""
         if self._usage is None:

@@ -54,7 +54,10 @@ class Zygote:
         self._pidfds: dict[int, int] = {}  # request id -> pidfd, while the child runs
         self._lost = False
         # Polled by `alive`: asyncio learns of the exit only a moment later.
-        self._pidfd = os.pidfd_open(proc.pid)
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except OSError:  # already gone
+            self._pidfd = -1
         self.modules: frozenset[str] = frozenset()
         """Top-level modules the zygote imported from the runtime's site folders."""
         self.preloaded: tuple[str, ...] = ()

@@ -123,9 +123,10 @@ def pids_with_env(marker: str) -> list[int]:
 
 
 def execution_pids(marker: str) -> set[int]:
-    """Processes of one execution: its code's children, whose environment holds
-    `marker`, and their parent, the code itself (a process started ahead of its
-    request gets the request's env later, which its /proc environ never shows)."""
+    """Processes of one execution: those whose environment holds `marker`, and
+    their parents: the code itself among them (a process started ahead of its
+    request gets the request's env later, which its /proc environ never shows),
+    and, for a process started with it, the code's supervisor."""
     children = pids_with_env(marker)
     return set(children) | {parent for pid in children if (parent := _parent(pid))}
 

@@ -71,8 +71,12 @@ async def test_leaving_a_stream_early_kills_the_code(runner: GrpcRunner) -> None
         async for event in events:
             assert event.data.startswith(b"ready")  # type: ignore[union-attr]
             break
-        running = execution_pids(marker)
-        assert len(running) == 2, "the code should be running while the stream is open"
+        # The code and its child are both running while the stream is open.
+        running = await eventually(
+            lambda: len(found := execution_pids(marker)) >= 2 and found,
+            timeout=30,
+            what="the code and its child",
+        )
 
     await eventually(lambda: not alive(running), timeout=10, what="the code's processes to end")
 

@@ -129,6 +129,22 @@ async def test_scratch_spares_serve_one_run_each_and_are_replaced(
     assert (await spares(client, "node")).served == state.served + 3
 
 
+async def test_a_request_setting_a_start_up_variable_gets_its_own_start(
+    start_server: StartServer,
+) -> None:
+    """NODE_OPTIONS (like LD_PRELOAD or LC_ALL) is read as the interpreter starts: a
+    process started ahead without it cannot run that request."""
+    _, client = await connect(start_server, SANDBOX_SPARES="1", SANDBOX_SESSION_SPARES="0")
+    state = await waiting(client, "node", 1)
+    outcome = await client.run(
+        "setResult(process.title)", runtime="node", env={"NODE_OPTIONS": "--title=oasis-own"}
+    )
+    assert outcome.status == "OK", outcome.result.error
+    assert outcome.output == "oasis-own"
+    after = await spares(client, "node")
+    assert (after.served, after.waiting) == (state.served, 1)
+
+
 async def test_shutdown_stops_every_spare(start_server: StartServer) -> None:
     before = boxes()
     server = await start_server(SANDBOX_LAUNCHER="warm", SANDBOX_SPARES="2")
@@ -154,4 +170,4 @@ def test_spare_settings_are_checked() -> None:
         load({"SANDBOX_SESSION_SPARES": "-1"})
     config = load({"SANDBOX_SPARES": "0", "SANDBOX_SESSION_SPARES": "3"})
     assert (config.spares, config.session_spares) == (0, 3)
-    assert (load({}).spares, load({}).session_spares) == (2, 16)
+    assert (load({}).spares, load({}).session_spares) == (2, 8)

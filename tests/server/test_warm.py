@@ -12,6 +12,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -95,7 +96,11 @@ async def _waiting(client: SandboxClient) -> bool:
 
 
 async def run_ok(client: SandboxClient, code: str, session_id: str = "") -> object:
-    outcome = await client.run(code, session_id=session_id)
+    return await run_ok_with(client, code, session_id=session_id)
+
+
+async def run_ok_with(client: SandboxClient, code: str, **request: Any) -> object:
+    outcome = await client.run(code, **request)
     assert outcome.status == "OK", outcome.result.error or outcome.result.logs
     return outcome.output
 
@@ -265,6 +270,22 @@ async def test_a_session_package_shadowing_a_preloaded_one_is_imported(
     # Another session still gets the preloaded pandas, warm.
     other = await run_ok(client, "import sys\nset_result('pandas' in sys.modules)")
     assert other is True
+
+
+async def test_an_input_file_shadowing_a_preloaded_module_is_imported(
+    warm: tuple[SandboxServer, SandboxClient],
+) -> None:
+    """The session's own copy may arrive with the request itself: a process forked
+    (or started ahead) with the preloaded pandas must not run that request."""
+    _, client = warm
+    own = pb.File(name=".oasis/python/pandas/__init__.py", data=b'OWN = "sent along"')
+    output = await run_ok_with(
+        client,
+        "import sys\nnot_preloaded = 'pandas' not in sys.modules\n"
+        "import pandas\nset_result([not_preloaded, getattr(pandas, 'OWN', None)])",
+        files=[own],
+    )
+    assert output == [True, "sent along"]
 
 
 async def test_the_pool_recovers_when_its_zygote_is_killed(
