@@ -91,10 +91,6 @@ class WarmPool:
             preloaded=zygote.preloaded if zygote is not None else (),
         )
 
-    @property
-    def zygote_pid(self) -> int | None:
-        return self._zygote.pid if self._zygote is not None else None
-
     def accepts(self, packages: Path) -> bool:
         """Whether a start can be warm: the zygote is up, and the session's own
         packages (`packages`) hold none of the modules it preloaded."""
