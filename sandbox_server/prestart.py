@@ -213,7 +213,8 @@ class Spares:
         queue = self._scratch[runtime.name]
         while queue:
             spare = queue.pop(0)
-            if spare.launched.alive and self.usable(runtime, spare.workspace, spare.launched):
+            # usable() is checked by the run itself, once its input files are in.
+            if spare.launched.alive:
                 self._served[runtime.name] += 1
                 return spare.workspace, spare.launched
             self._background(spare.drop(self._workspaces, scratch=True), "drop-spare")
@@ -259,11 +260,7 @@ class Spares:
         if spare is None:
             return None
         launched = spare.launched
-        if (
-            spare.workspace == workspace
-            and launched.alive
-            and self.usable(runtime, workspace, launched)
-        ):
+        if spare.workspace == workspace and launched.alive:  # usable(): by the run
             self._served[runtime.name] += 1
             return launched
         self._background(launched.discard(), "drop-spare")
