@@ -173,10 +173,12 @@ class Sandbox:
             raise RequestError(
                 Code.UNAVAILABLE, "the sandbox server is shutting down; retry on another instance"
             )
-        if len(self._running) >= self.config.max_concurrent:
+        # One that has answered only waits for its killed processes to be reaped.
+        running = sum(not execution.answered for execution in self._running)
+        if running >= self.config.max_concurrent:
             raise RequestError(
                 Code.RESOURCE_EXHAUSTED,
-                f"capacity reached: {len(self._running)} executions are running "
+                f"capacity reached: {running} executions are running "
                 f"(SANDBOX_MAX_CONCURRENT={self.config.max_concurrent}); retry later",
             )
 

@@ -6,8 +6,12 @@ client. Adapters (gRPC service, HTTP facade) feed it tool results, input file
 chunks and cancel requests, and relay the events it yields.
 
 The end of a run is decided by the process exit, the deadline or a stop
-request, never by EOF on the log pipes: a grandchild that keeps a pipe open
-must not keep the run alive.
+request, never by EOF on the log pipes alone: a grandchild that keeps a pipe
+open must not keep the run alive. A prelude may report its exit code before
+it exits; once that report and EOF on both log pipes are in, the run's
+processes are sent SIGKILL through its cgroup and the client gets its result
+at once, while their teardown (milliseconds for a child of a large zygote)
+finishes in the background, still counted by shutdown and session deletion.
 
 Longer than our usual ~450 lines on purpose: `Execution` (what adapters call)
 and `_Run` (one process from launch to result) are one state machine, and
@@ -107,6 +111,8 @@ class Execution:
         self._lease: Workspace | None = None
         self._channel: PreludeChannel | None = None  # set when the run starts
         self._closed = False
+        self.answered = False
+        """The client has its result; what is left is tearing killed processes down."""
 
     # -- what adapters call -------------------------------------------------
 
@@ -119,6 +125,8 @@ class Execution:
             if isinstance(event, _End):
                 break
             yield event
+            if isinstance(event, Result):
+                return  # the teardown after it is none of the client's business
         if self._abort is not None:
             raise self._abort
 
@@ -201,10 +209,14 @@ class Execution:
         self._stop.set()
 
     async def aclose(self) -> None:
-        """Stop and clean up; the process tree and a scratch workspace are gone afterwards."""
+        """Stop and clean up; the process tree and a scratch workspace are gone afterwards,
+        or, once the result was given, are being torn down (`on_close` tells when done)."""
         if self._closed:
             return
         self._closed = True
+        if self.answered and self._task is not None and not self._task.done():
+            self._task.add_done_callback(lambda _: self._on_close(self))
+            return
         try:
             if self._task is not None:
                 self._stop_error = self._stop_error or "the client went away"
@@ -245,26 +257,38 @@ class Execution:
                         self._spare = spares.take(self._runtime, lease)
                     self._workspace_ready.set()
                     result = await self._prepare_and_execute(lease.path)
-                    if result is not None and self._abort is None:
-                        await self._events.put(result)
+                    if result is not None:
+                        await self._answer(result)
                 finally:
                     if self._spare is not None:  # the run ended before it started its code
                         await self._spare.discard()
-                if self._spares is not None and session_id:
-                    self._spares.prepare(self._runtime, lease)
         except RequestError as exc:
             self.fail(exc)
         except Exception as exc:
             # A bug of ours must still end the stream with an answer, not a hang.
             log.exception("execution %s failed inside the server", self.execution_id)
-            await self._events.put(
+            await self._answer(
                 Result(status=Status.ERROR, exit_code=-1, error=f"internal sandbox error: {exc!r}")
             )
         finally:
             if scratch is not None and spares is not None:
                 spares.replenish(self._runtime)  # the replacement of the one this run took
         # Not in a finally: when this task is cancelled nobody reads the queue any more.
-        await self._events.put(_End())
+        if not self.answered:
+            await self._events.put(_End())
+
+    async def _answer(self, result: Result) -> None:
+        """Give the client its result (once; not after a protocol error)."""
+        if self.answered or self._abort is not None:
+            return
+        self.answered = True
+        await self._events.put(result)
+        session_id = self.spec.session_id
+        if session_id:
+            self._workspaces.settle(session_id, self.execution_id)
+            if self._spares is not None and self._lease is not None:
+                # Its next run may come as soon as this result is read.
+                self._spares.prepare(self._runtime, self._lease)
 
     async def _prepare_and_execute(self, workspace: Path) -> Result | None:
         started = time.monotonic()
@@ -330,6 +354,9 @@ class _Run:
         self.output_files: list[str] = []
         self.traceback = ""
         self.protocol_error = ""
+        self.exit_reported = asyncio.Event()
+        self.exit_report = 0
+        """The exit code the prelude reported before exiting (with `exit_reported`)."""
         self.side_tasks: set[asyncio.Task[None]] = set()
         self.installer = Installer(
             runtime=execution._runtime,
@@ -345,7 +372,8 @@ class _Run:
     def _path(self) -> str:
         return code_path(self.ex._runtime)
 
-    async def execute(self) -> Result:
+    async def execute(self) -> Result | None:
+        """The result, or None once it was given to the client (`Execution._answer`)."""
         ex = self.ex
         assert ex._lease is not None
         launched = ex._spare
@@ -357,7 +385,7 @@ class _Run:
             await launched.discard()
             launched = None
         if launched is not None:
-            await launched.claim()
+            launched.claim()
             ex._spare = None  # the run's own from here (until then, Execution._run drops it)
         else:
             launched = await launch(
@@ -368,6 +396,7 @@ class _Run:
                 env=ex.spec.env,
             )
         process, group = launched.process, launched.group
+        usage: Usage | None = None
         try:
             await self.channel.open(launched.to_server, launched.to_code)
         except BaseException:
@@ -390,8 +419,17 @@ class _Run:
                     ex.spec.code, self.workspace, ex.execution_id, env=ex.spec.env
                 )
             )
-            timed_out = await self._wait(process, deadline)
-            await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
+            # Only with a cgroup: it is what kills every process of the run at once.
+            done = self._code_done(pumps[:2]) if group is not None else None
+            timed_out = await self._wait(process, deadline, done)
+            if done is not None and done.done() and process.alive:
+                usage = group.kill_now() if group is not None else None
+            if usage is not None:
+                for task in self.side_tasks:
+                    task.cancel()
+                await ex._answer(await self._result(self.exit_report, False, usage))
+            else:
+                await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
         finally:
             for task in [*pumps, *self.side_tasks]:
                 task.cancel()
@@ -401,33 +439,48 @@ class _Run:
             if ex._uid is not None and not ex.spec.session_id:
                 # A scratch uid goes back to the pool: nothing of it may outlive the run.
                 await ex._launcher.kill_uid(ex._uid)
-            usage = await group.finish() if group is not None else None
-        return await self._result(process.returncode, timed_out, usage)
+            finished = await group.finish() if group is not None else None
+        if ex.answered:
+            return None
+        return await self._result(process.returncode, timed_out, finished)
+
+    def _code_done(self, pumps: list[asyncio.Task[None]]) -> asyncio.Task[None]:
+        """Done once the prelude has reported its exit code and both log pipes are at EOF:
+        the code is over and its output complete, even though its process is still exiting."""
+
+        async def done() -> None:
+            await self.exit_reported.wait()
+            await asyncio.wait(pumps)
+
+        return asyncio.create_task(done(), name=f"done-{self.ex.execution_id}")
 
     async def _start_group(self) -> RunGroup | None:
         assert self.ex._lease is not None
         return await start_group(self.ex._workspaces, self.ex._lease)
 
-    async def _wait(self, process: Process, deadline: float) -> bool:
-        """Wait for the process to end by itself or be stopped; True on timeout."""
+    async def _wait(
+        self, process: Process, deadline: float, code_done: asyncio.Task[None] | None
+    ) -> bool:
+        """Wait for the process to end by itself (or `code_done`) or be stopped; True on timeout."""
         name = self.ex.execution_id
         exit_task = asyncio.create_task(process.wait(), name=f"exit-{name}")
         stop_task = asyncio.create_task(self.ex._stop.wait(), name=f"stop-{name}")
+        ends = {exit_task, stop_task} | ({code_done} if code_done is not None else set())
         try:
             done, _ = await asyncio.wait(
-                {exit_task, stop_task},
+                ends,
                 timeout=max(deadline - time.monotonic(), 0),
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if exit_task in done:
+            if exit_task in done or code_done in done:
                 return False
             await process.kill()
             await exit_task
             return not done
         finally:
-            exit_task.cancel()  # done by now, unless this task itself is being cancelled
-            stop_task.cancel()
-            await asyncio.gather(exit_task, stop_task, return_exceptions=True)
+            for task in ends:
+                task.cancel()  # done by now, unless this task itself is being cancelled
+            await asyncio.gather(*ends, return_exceptions=True)
 
     async def _pump(self, stream: asyncio.StreamReader, kind: Stream) -> None:
         while data := await stream.read(64 * 1024):
@@ -464,6 +517,12 @@ class _Run:
             self.output, self.output_files = output, files
         elif kind == "error":
             self.traceback = _text(_string(message, "message"))
+        elif kind == "exit":
+            code = message["code"]
+            if not isinstance(code, int) or isinstance(code, bool):
+                raise TypeError("exit code must be an integer")
+            self.exit_report = code
+            self.exit_reported.set()
         elif kind == "install":
             reply_id, package = str(message["id"]), str(message["package"])
             if self.installer.reserve():

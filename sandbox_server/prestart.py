@@ -49,10 +49,10 @@ class Launched:
     def alive(self) -> bool:
         return self.process.alive
 
-    async def claim(self) -> None:
+    def claim(self) -> None:
         """The run starts now: only what happens from here is its own."""
         if self.group is not None:
-            await self.group.rebase()
+            self.group.rebase()
 
     async def discard(self) -> None:
         """Kill the unused process and release what it held."""

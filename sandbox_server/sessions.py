@@ -82,8 +82,27 @@ class _PerWorkspace(Generic[T]):
 @dataclass
 class _Session:
     workspace: Workspace
-    active: int = 0
+    running: set[str] = field(default_factory=set)
+    """Executions holding the workspace that have not answered yet."""
+    settling: set[str] = field(default_factory=set)
+    """Executions that have answered and are tearing their killed processes down."""
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever `settling` is empty."""
     last_used: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.settled.set()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.running or self.settling)
+
+    def leave(self, execution_id: str) -> None:
+        self.running.discard(execution_id)
+        self.settling.discard(execution_id)
+        if not self.settling:
+            self.settled.set()
+        self.last_used = time.monotonic()
 
 
 class Workspaces:
@@ -206,12 +225,20 @@ class Workspaces:
             async with self._creating:
                 if session_id not in self._sessions and path not in self._removing:
                     await self._new_session(session_id)
-        session.active += 1
+        session.running.add(execution_id)
         try:
             yield session.workspace
         finally:
-            session.active -= 1
-            session.last_used = time.monotonic()
+            session.leave(execution_id)
+
+    def settle(self, session_id: str, execution_id: str) -> None:
+        """The execution has answered: only its teardown still holds the workspace,
+        which a deletion waits for instead of refusing."""
+        session = self._sessions.get(session_id)
+        if session is not None and execution_id in session.running:
+            session.running.discard(execution_id)
+            session.settling.add(execution_id)
+            session.settled.clear()
 
     async def create_scratch(self, name: str) -> Workspace:
         """A workspace of no session; `discard_scratch` removes it."""
@@ -229,14 +256,19 @@ class Workspaces:
     async def delete(self, session_id: str) -> bool:
         """Remove a session's workspace; False when there was none."""
         check_session_id(session_id)
-        session = self._sessions.get(session_id)
-        if session is None:
-            return False
-        if session.active:
-            raise RequestError(
-                Code.FAILED_PRECONDITION,
-                f"session {session_id!r} has a running execution; delete it after the execution ends",
-            )
+        while True:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return False
+            if session.running:
+                raise RequestError(
+                    Code.FAILED_PRECONDITION,
+                    f"session {session_id!r} has a running execution; delete it after the execution ends",
+                )
+            if not session.settling:
+                break
+            # Answered a moment ago: its killed processes are being reaped.
+            await session.settled.wait()
         del self._sessions[session_id]
         await self._discard(session.workspace)
         return True

@@ -342,9 +342,8 @@ class _Exchange:
                         max_file_size=self._runner.max_file_size,
                         max_output=self._runner.max_output,
                     )
-                    # The server ends the RPC right after the result, once it has
-                    # cleaned up; wait for that rather than cut it short.
-                    await call.code()
+                    # The result is the last message: the RPC's end (its trailers)
+                    # adds nothing, so it is not waited for.
                     yield result
                     return
         finally:

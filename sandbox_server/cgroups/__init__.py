@@ -223,13 +223,29 @@ class RunGroup:
         self._oom_before = oom_before
         self._usage: Usage | None = None
 
-    async def rebase(self) -> None:
+    def rebase(self) -> None:
         """Count the session's OOM kills from now: a group made ahead of its run must
         not blame it for one in another run meanwhile."""
         try:
-            self._oom_before = await asyncio.to_thread(self._tree.oom_kills, self._session)
+            # On the loop: one small cgroupfs read, which a run's start waits for.
+            self._oom_before = self._tree.oom_kills(self._session)
         except OSError:
             log.exception("could not read the OOM kills of cgroup %s", self._session)
+
+    def kill_now(self) -> Usage | None:
+        """SIGKILL every process of the run, not waiting for their exits, and read
+        what it used; None when that failed (then `finish` must be awaited first).
+
+        Lets a run answer before its processes are torn down: a forked child of
+        a large zygote takes milliseconds to exit. Called on the event loop: a
+        few cgroupfs reads and kill()s, nothing that sleeps.
+        """
+        try:
+            self._tree.signal_kill(f"{self._session}/{self._name}")
+            return self._tree.run_usage(self._session, self._name, self._oom_before)
+        except OSError:
+            log.exception("could not kill cgroup %s/%s", self._session, self._name)
+            return None
 
     async def finish(self) -> Usage:
         """Kill what is left of the run, read what it used and remove its group; idempotent."""

@@ -103,6 +103,28 @@ def kill_loop(folders: list[Path], *, after_first: Callable[[], None] = lambda: 
     raise CgroupError(errno.EBUSY, f"processes in {folders[0]} survived SIGKILL")
 
 
+def signal_all(folders: list[Path]) -> None:
+    """SIGKILL whatever is in `folders` and return without waiting for the exits.
+
+    A process with SIGKILL pending runs no more code and can no longer fork
+    (fork fails while a fatal signal is pending), so a round that finds
+    nobody new is the last.
+    """
+    killed: set[int] = set()
+    for _ in range(_KILL_ROUNDS):
+        pids: set[int] = set()
+        for folder in folders:
+            pids |= procs(folder)
+        fresh = pids - killed
+        if not fresh:
+            return
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= fresh
+    raise CgroupError(errno.EBUSY, f"processes in {folders[0]} kept appearing under SIGKILL")
+
+
 def rmdir_tree(folder: Path) -> None:
     """Remove a cgroup and its descendants, deepest first (missing ones are fine)."""
     for attempt in range(_RMDIR_ROUNDS):
@@ -178,6 +200,15 @@ class Tree:
     def kill(self, rel: str) -> None:
         raise NotImplementedError
 
+    def signal_kill(self, rel: str) -> None:
+        """SIGKILL every process in the group now; their exits come later.
+
+        CgroupError when no hierarchy has the group (then nothing names its processes)."""
+        folders = [folder for root in self.roots if (folder := root / own(rel)).is_dir()]
+        if not folders:
+            raise CgroupError(errno.ENOENT, f"cgroup {rel} is in no hierarchy")
+        signal_all(folders)
+
     def set_frozen(self, rel: str, frozen: bool) -> None:
         raise NotImplementedError
 
@@ -193,9 +224,15 @@ class Tree:
     def finish_run(self, session: str, run: str, oom_before: int) -> Usage:
         rel = f"{session}/{run}"
         self.kill(rel)
-        usage = Usage(cpu_time=self.cpu_time(rel), oom_killed=self.oom_kills(session) > oom_before)
+        usage = self.run_usage(session, run, oom_before)
         self._rmdir(rel)
         return usage
+
+    def run_usage(self, session: str, run: str, oom_before: int) -> Usage:
+        return Usage(
+            cpu_time=self.cpu_time(f"{session}/{run}"),
+            oom_killed=self.oom_kills(session) > oom_before,
+        )
 
     def remove_leftovers(self, pidns: int) -> None:
         """Remove groups of dead servers of ours: same pid namespace, pid gone, no process left."""

@@ -67,6 +67,10 @@ class V1Tree(Tree):
         # v1 freezer: a frozen process dies of SIGKILL only once thawed.
         kill_loop(folders, after_first=lambda: self._thaw_quietly(rel))
 
+    def signal_kill(self, rel: str) -> None:
+        super().signal_kill(rel)
+        self._thaw_quietly(rel)
+
     def _thaw_quietly(self, rel: str) -> None:
         freezer = self.bases.get("freezer")
         if freezer is not None:

@@ -123,6 +123,13 @@ class V2Tree(Tree):
         else:
             kill_loop([folder])
 
+    def signal_kill(self, rel: str) -> None:
+        folder = self.base / own(rel)
+        if (folder / "cgroup.kill").exists():
+            write(folder / "cgroup.kill", "1")  # the whole subtree at once
+        else:
+            super().signal_kill(rel)
+
     def set_frozen(self, rel: str, frozen: bool) -> None:
         folder = self.base / own(rel)
         write(folder / "cgroup.freeze", "1" if frozen else "0")

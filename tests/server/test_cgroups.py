@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -293,6 +294,51 @@ async def test_a_run_group_measures_freezes_and_kills() -> None:
     finally:
         await host.close()
     assert _gone(host.folders)
+
+
+# Three processes stamping CLOCK_MONOTONIC into a file, one line each per ms.
+_STAMPER = """
+import os, sys, time
+os.fork(); os.fork()
+while True:
+    with open(sys.argv[1], "a") as out:
+        out.write(f"{time.monotonic()}\\n")
+    time.sleep(0.001)
+"""
+
+
+async def test_kill_now_stops_every_process_of_a_run_before_it_returns(
+    tmp_path: Path,
+) -> None:
+    """Nothing of the run writes after kill_now returns, though their exits come later."""
+    host = await _host_cgroups()
+    try:
+        session = await host.create("sessions-kill-now")
+        assert session is not None
+        run = await session.start_run()
+        stamps = tmp_path / "stamps"
+        script = 'for f in "$@"; do echo $$ > "$f/cgroup.procs"; done; exec python3 -c "$STAMPER" "$STAMPS"'
+        process = await asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *run.folders,
+            env={**os.environ, "STAMPER": _STAMPER, "STAMPS": str(stamps)},
+        )
+        await eventually(
+            lambda: stamps.exists() and len(stamps.read_text().split()) > 30,
+            what="the stamping processes to run",
+        )
+        usage = run.kill_now()
+        returned = time.monotonic()
+        assert usage is not None and usage.cpu_time > 0
+        assert await asyncio.wait_for(process.wait(), 10) == -9
+        await run.finish()  # returns once the group is empty
+        assert max(map(float, stamps.read_text().split())) < returned
+        await session.remove()
+    finally:
+        await host.close()
 
 
 async def test_a_dead_servers_groups_are_removed_at_start() -> None:

@@ -64,11 +64,14 @@ async def test_sessions_are_separate(client: SandboxClient) -> None:
 async def test_no_session_means_a_scratch_workspace_deleted_afterwards(
     client: SandboxClient, runtime: str
 ) -> None:
-    """Without a session_id the workspace is fresh and is removed when the execution ends."""
+    """Without a session_id the workspace is fresh and is removed when the execution ends
+    (right after its result: the removal waits for its killed processes to be reaped)."""
     first = await client.run(WRITE[runtime], runtime=runtime)
     assert first.status == "OK", first.result.error
     assert first.responses[0].started.session_id == ""
-    assert not exists(first.output)
+    await eventually(
+        lambda: not exists(first.output), timeout=10, what="the scratch workspace to go"
+    )
     second = await client.run(READ[runtime], runtime=runtime)
     assert second.output is None
 

@@ -140,6 +140,26 @@ function reportError(err) {
   process.exit(1);
 }
 
+// After the last 'exit' listener (the code's own included): send the exit
+// code, then let go of the log pipes and the channel. The server answers the
+// client on this while Node is still tearing down. Closing a number and
+// opening /dev/null at once gives the number back (the lowest free one).
+const emit = process.emit;
+process.emit = function (event, ...args) {
+  const handled = emit.call(this, event, ...args);
+  if (event === 'exit') {
+    try {
+      send({ type: 'exit', code: args[0] & 0xff });
+      for (const fd of [1, 2]) {
+        fs.closeSync(fd);
+        fs.openSync('/dev/null', 'w');
+      }
+      fs.closeSync(outFd);
+    } catch {}
+  }
+  return handled;
+};
+
 process.on('uncaughtException', reportError);
 process.on('unhandledRejection', reportError);
 

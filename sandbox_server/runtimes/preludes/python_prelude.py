@@ -269,6 +269,24 @@ def _run():
     return 0
 
 
+def report_exit(code):
+    """Send the exit code, then let go of the log pipes and the channel.
+
+    The server answers the client on this, while the process still exits: a
+    child forked from the zygote takes milliseconds to unmap its memory, and
+    the kernel closes its files only after that.
+    """
+    try:
+        _send({"type": "exit", "code": code & 0xFF})
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.close(_out)
+
+
 def main(in_fd, out_fd):
     """Run one execution over the channel IN/OUT; returns the exit code."""
     _open_channel(in_fd, out_fd)

@@ -254,6 +254,7 @@ def _run_child(zygote, request, fds):
     in_fd, out_fd = request["channel"]
     code = python_prelude.main(in_fd, out_fd)
     _finalize()
+    python_prelude.report_exit(code)
     return code
 
 
