@@ -254,7 +254,7 @@ class Execution:
                     )
                     self._workspace, self._uid, self._lease = lease.path, lease.uid, lease
                     if spares is not None and session_id:
-                        self._spare = spares.take(self._runtime, lease)
+                        self._spare = await spares.take(self._runtime, lease)
                     self._workspace_ready.set()
                     result = await self._prepare_and_execute(lease.path)
                     if result is not None:
@@ -262,6 +262,9 @@ class Execution:
                 finally:
                     if self._spare is not None:  # the run ended before it started its code
                         await self._spare.discard()
+                if spares is not None and session_id:
+                    # After the teardown: a start would compete with sending the result.
+                    spares.prepare(self._runtime, lease)
         except RequestError as exc:
             self.fail(exc)
         except Exception as exc:
@@ -283,12 +286,8 @@ class Execution:
             return
         self.answered = True
         await self._events.put(result)
-        session_id = self.spec.session_id
-        if session_id:
-            self._workspaces.settle(session_id, self.execution_id)
-            if self._spares is not None and self._lease is not None:
-                # Its next run may come as soon as this result is read.
-                self._spares.prepare(self._runtime, self._lease)
+        if self.spec.session_id:
+            self._workspaces.settle(self.spec.session_id, self.execution_id)
 
     async def _prepare_and_execute(self, workspace: Path) -> Result | None:
         started = time.monotonic()

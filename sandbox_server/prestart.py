@@ -32,6 +32,8 @@ _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _CLOSE_WAIT = 10.0
 # How long a spare waits for its runtime's warm pool to come up (its imports).
 _POOL_WAIT = 60.0
+# How long a session's run waits for its spare still starting before starting its own.
+_PREPARING_WAIT = 0.25
 
 
 @dataclass(eq=False)
@@ -254,9 +256,16 @@ class Spares:
 
     # -- sessions ---------------------------------------------------------------
 
-    def take(self, runtime: Runtime, workspace: Workspace) -> Launched | None:
-        """The process waiting for this session's next run of `runtime`, or None."""
-        spare = self._sessions.pop((runtime.name, workspace.path), None)
+    async def take(self, runtime: Runtime, workspace: Workspace) -> Launched | None:
+        """The process waiting for this session's next run of `runtime`, or None.
+
+        One still starting is waited for a moment: it is further along than a new
+        start would be (unless it waits for a zygote coming up)."""
+        key = (runtime.name, workspace.path)
+        preparing = self._preparing.get(key)
+        if preparing is not None:
+            await asyncio.wait([preparing], timeout=_PREPARING_WAIT)
+        spare = self._sessions.pop(key, None)
         if spare is None:
             return None
         launched = spare.launched

@@ -103,18 +103,17 @@ def kill_loop(folders: list[Path], *, after_first: Callable[[], None] = lambda: 
     raise CgroupError(errno.EBUSY, f"processes in {folders[0]} survived SIGKILL")
 
 
-def signal_all(folders: list[Path]) -> None:
-    """SIGKILL whatever is in `folders` and return without waiting for the exits.
+def signal_all(folder: Path) -> None:
+    """SIGKILL the processes in `folder` and return without waiting for their exits.
 
     A process with SIGKILL pending runs no more code and can no longer fork
     (fork fails while a fatal signal is pending), so a round that finds
-    nobody new is the last.
+    nobody new is the last. Only `folder` itself is read: nobody makes groups
+    below a run's.
     """
     killed: set[int] = set()
     for _ in range(_KILL_ROUNDS):
-        pids: set[int] = set()
-        for folder in folders:
-            pids |= procs(folder)
+        pids = {int(pid) for pid in read(folder / "cgroup.procs").split()}
         fresh = pids - killed
         if not fresh:
             return
@@ -122,7 +121,7 @@ def signal_all(folders: list[Path]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         killed |= fresh
-    raise CgroupError(errno.EBUSY, f"processes in {folders[0]} kept appearing under SIGKILL")
+    raise CgroupError(errno.EBUSY, f"processes in {folder} kept appearing under SIGKILL")
 
 
 def rmdir_tree(folder: Path) -> None:
@@ -201,13 +200,8 @@ class Tree:
         raise NotImplementedError
 
     def signal_kill(self, rel: str) -> None:
-        """SIGKILL every process in the group now; their exits come later.
-
-        CgroupError when no hierarchy has the group (then nothing names its processes)."""
-        folders = [folder for root in self.roots if (folder := root / own(rel)).is_dir()]
-        if not folders:
-            raise CgroupError(errno.ENOENT, f"cgroup {rel} is in no hierarchy")
-        signal_all(folders)
+        """SIGKILL every process of a run's group now; their exits come later."""
+        raise NotImplementedError
 
     def set_frozen(self, rel: str, frozen: bool) -> None:
         raise NotImplementedError

@@ -7,7 +7,18 @@ import errno
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._tree import CgroupError, Mechanism, Tree, keyed, kill_loop, own, read, wait_for, write
+from ._tree import (
+    CgroupError,
+    Mechanism,
+    Tree,
+    keyed,
+    kill_loop,
+    own,
+    read,
+    signal_all,
+    wait_for,
+    write,
+)
 
 
 def v1_limits(memory_folder: Path, pids_folder: Path, *, memory: int, pids: int) -> None:
@@ -68,8 +79,11 @@ class V1Tree(Tree):
         kill_loop(folders, after_first=lambda: self._thaw_quietly(rel))
 
     def signal_kill(self, rel: str) -> None:
-        super().signal_kill(rel)
-        self._thaw_quietly(rel)
+        # A run has a group of its own only in cpuacct (make_run); the others are the session's.
+        cpu = self.bases.get("cpuacct")
+        if cpu is None:
+            raise CgroupError(errno.ENOENT, "without cpuacct, a run has no group of its own")
+        signal_all(cpu / own(rel))
 
     def _thaw_quietly(self, rel: str) -> None:
         freezer = self.bases.get("freezer")

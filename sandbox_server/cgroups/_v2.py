@@ -17,6 +17,7 @@ from ._tree import (
     kill_loop,
     own,
     read,
+    signal_all,
     wait_for,
     write,
 )
@@ -125,10 +126,12 @@ class V2Tree(Tree):
 
     def signal_kill(self, rel: str) -> None:
         folder = self.base / own(rel)
-        if (folder / "cgroup.kill").exists():
-            write(folder / "cgroup.kill", "1")  # the whole subtree at once
-        else:
-            super().signal_kill(rel)
+        try:
+            write(folder / "cgroup.kill", "1")  # Linux 5.14+: the whole subtree at once
+        except FileNotFoundError:
+            if not folder.is_dir():
+                raise
+            signal_all(folder)
 
     def set_frozen(self, rel: str, frozen: bool) -> None:
         folder = self.base / own(rel)

@@ -138,6 +138,17 @@ static void die_msg(const char *what, const char *detail) {
     _exit(125);
 }
 
+/* Once the program is forked, we print nothing more: let go of its stdout
+   and stderr, so that the server reads EOF on them as soon as the program's
+   own copies close, not only when we exit after it. */
+static void release_stdio(void) {
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null < 0) return;
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDERR_FILENO);
+    close(null);
+}
+
 /* ---- process tree ---------------------------------------------------- */
 
 /* SIGKILL every direct child; returns how many were signalled. */
@@ -626,6 +637,7 @@ static void namespace_init(const struct options *o, int report) {
         return;
     }
     if (o->uid >= 0 && o->init_uid >= 0) drop_init_privileges(o);
+    release_stdio();
     int status = 0;
     for (;;) {
         int st;
@@ -882,6 +894,7 @@ static void confine(struct options *o) {
     }
     program_pid = child;
     if (o->pidns) close(report[1]);
+    if (!o->box) release_stdio(); /* a box's stdout is its own, for "ready" */
     if (o->box) {
         /* The namespace is built: say so, with the pid of its init (whose
            /proc/PID/ns/ entries the server opens for the warm child). */

@@ -68,12 +68,25 @@ def _status_uid(pid: str) -> int | None:
     return None
 
 
+_SIGKILL_BIT = 1 << (9 - 1)
+_PF_EXITING = 0x4
+
+
 def _is_live(pid: str) -> bool:
+    """Whether the process may still run code: not exited, not exiting, no SIGKILL pending.
+
+    A run answers once its processes are sent SIGKILL; their exits follow."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+    except (OSError, IndexError, ValueError):
         return False
-    return state not in ("Z", "X")
+    if fields[0] in ("Z", "X") or int(fields[6]) & _PF_EXITING:
+        return False
+    pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+    return not pending & _SIGKILL_BIT
 
 
 def execution_processes(uid: int, pid_ns: str = "", marker: str = "") -> list[int]:
