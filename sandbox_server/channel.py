@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from oasis.code._wire import MiB
@@ -25,6 +26,45 @@ _INLINE_JSON = 64 * 1024
 """Lines up to this size are decoded on the event loop; longer ones in a thread."""
 
 
+@dataclass(eq=False)
+class Pipes:
+    """Asyncio streams over the server's ends of the two pipes, which they own."""
+
+    reader: asyncio.StreamReader
+    read_transport: asyncio.ReadTransport
+    writer: asyncio.StreamWriter
+
+    def close(self) -> None:
+        self.writer.close()
+        self.read_transport.close()
+
+
+async def open_pipes(read_fd: int, write_fd: int) -> Pipes:
+    """Streams over a prelude's channel: opened when its process starts (a run
+    started ahead then finds them ready), taking ownership of the fds."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_CHANNEL_LINE)
+    read_pipe, write_pipe = _pipe_files(read_fd, write_fd)
+    try:
+        read_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), read_pipe
+        )
+    except BaseException:
+        read_pipe.close()
+        write_pipe.close()
+        raise
+    try:
+        write_transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, write_pipe
+        )
+    except BaseException:
+        read_transport.close()
+        write_pipe.close()
+        raise
+    writer = asyncio.StreamWriter(write_transport, protocol, None, loop)
+    return Pipes(reader, read_transport, writer)
+
+
 class PreludeChannel:
     """The two pipes to one run's prelude, and the tool calls waiting for a reply."""
 
@@ -33,30 +73,18 @@ class PreludeChannel:
         self._max_result = max_result
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._read_transport: asyncio.ReadTransport | None = None
+        self._pipes: Pipes | None = None
         self._calls: dict[str, str] = {}  # client call id -> prelude reply id
         self._next_call = 0
 
-    async def open(self, read_fd: int, write_fd: int) -> None:
-        """Asyncio streams over the server's ends of the two pipes, taking ownership of the fds."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_CHANNEL_LINE)
-        read_pipe, write_pipe = _pipe_files(read_fd, write_fd)
-        read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), read_pipe
-        )
-        write_transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, write_pipe
-        )
-        self._reader, self._read_transport = reader, read_transport
-        self._writer = asyncio.StreamWriter(write_transport, protocol, None, loop)
+    def attach(self, pipes: Pipes) -> None:
+        """Take over the run's pipes (closed with the channel)."""
+        self._pipes, self._reader, self._writer = pipes, pipes.reader, pipes.writer
 
     def close(self) -> None:
         """Close both pipes; later replies are dropped, the call map stays for late tool results."""
-        if self._writer is not None:
-            self._writer.close()
-        if self._read_transport is not None:
-            self._read_transport.close()
+        if self._pipes is not None:
+            self._pipes.close()
 
     # -- tool calls ---------------------------------------------------------
 

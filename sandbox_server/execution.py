@@ -396,13 +396,7 @@ class _Run:
             )
         process, group = launched.process, launched.group
         usage: Usage | None = None
-        try:
-            await self.channel.open(launched.to_server, launched.to_code)
-        except BaseException:
-            await process.kill()
-            if group is not None:
-                await group.finish()
-            raise
+        self.channel.attach(launched.pipes)
         deadline = self.started + ex.timeout
         # Not a TaskGroup: the pumps get a short drain after the exit and are then
         # cancelled, and a failing pump must not fail the run.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .cgroups import RunGroup
+from .channel import Pipes, open_pipes
 from .launcher import Launcher, LaunchSpec, Process, WarmStart
 from .runtimes import PACKAGES_DIR, Runtime
 from .sessions import Workspace, Workspaces
@@ -42,10 +43,8 @@ class Launched:
 
     process: Process
     group: RunGroup | None
-    to_server: int
-    """Read end of the pipe the prelude writes to."""
-    to_code: int
-    """Write end of the pipe the prelude reads its start message from."""
+    pipes: Pipes
+    """The server's side of the channel to the prelude."""
 
     @property
     def alive(self) -> bool:
@@ -61,8 +60,7 @@ class Launched:
         try:
             await self.process.kill()
         finally:
-            os.close(self.to_server)
-            os.close(self.to_code)
+            self.pipes.close()
             if self.group is not None:
                 await self.group.finish()
 
@@ -129,7 +127,14 @@ async def launch(
     finally:
         for fd in theirs:
             os.close(fd)
-    return Launched(process, group, to_server=to_server[0], to_code=to_code[1])
+    try:
+        pipes = await open_pipes(to_server[0], to_code[1])
+    except BaseException:
+        await process.kill()
+        if group is not None:
+            await group.finish()
+        raise
+    return Launched(process, group, pipes)
 
 
 async def start_group(workspaces: Workspaces, workspace: Workspace) -> RunGroup | None:
