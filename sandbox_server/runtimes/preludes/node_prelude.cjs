@@ -167,9 +167,19 @@ socket.unref();
 socket.ref(); // until the start message arrives
 // Set up the ES module loader while the start message is on its way (a
 // process may be started ahead of its request): the first import pays it.
-const loaderReady = import(pathToFileURL(path.join(__dirname, 'node_warmup.mjs')).href).catch(
-  () => {},
-);
+const WARMUP_IMPORTS = 3;
+async function warmUp() {
+  const url = pathToFileURL(path.join(__dirname, 'node_warmup.mjs')).href;
+  for (let n = 1; n <= WARMUP_IMPORTS; n++) await import(`${url}?${n}`);
+}
+const loaderReady = warmUp().catch(() => {});
+
+// The code's module file goes once it has run (unlink: rmSync loads more code first).
+function removeModule(modulePath) {
+  try {
+    fs.unlinkSync(modulePath);
+  } catch {}
+}
 onStart = (start) => {
   socket.unref();
   Object.assign(process.env, start.env); // the request's own variables
@@ -184,9 +194,9 @@ onStart = (start) => {
     require: createRequire(modulePath),
   });
   loaderReady.then(() => import(pathToFileURL(modulePath).href)).then(
-    () => fs.rmSync(modulePath, { force: true }),
+    () => removeModule(modulePath),
     (err) => {
-      fs.rmSync(modulePath, { force: true });
+      removeModule(modulePath);
       reportError(err);
     },
   );
