@@ -215,6 +215,8 @@ class Execution:
             return
         self._closed = True
         if self.answered and self._task is not None and not self._task.done():
+            for writer in self._writers.values():
+                writer.abort()
             self._task.add_done_callback(lambda _: self._on_close(self))
             return
         try:
@@ -284,8 +286,10 @@ class Execution:
         """Give the client its result (once; not after a protocol error)."""
         if self.answered or self._abort is not None:
             return
-        self.answered = True
+        # Set once the Result is queued, not before: a client leaving while the
+        # queue is full must still cancel the task (aclose), not leave it blocked.
         await self._events.put(result)
+        self.answered = True
         if self.spec.session_id:
             self._workspaces.settle(self.spec.session_id, self.execution_id)
 
@@ -412,11 +416,14 @@ class _Run:
                     ex.spec.code, self.workspace, ex.execution_id, env=ex.spec.env
                 )
             )
-            # Only with a cgroup: it is what kills every process of the run at once.
-            done = self._code_done(pumps[:2]) if group is not None else None
+            # Only with a run cgroup: it is what kills every process of the run at once.
+            early = group is not None and group.can_kill_now
+            done = self._code_done(pumps[:2]) if early else None
             timed_out = await self._wait(process, deadline, done)
-            if done is not None and done.done() and process.alive:
-                usage = group.kill_now() if group is not None else None
+            if group is not None and done is not None and done.done() and process.alive:
+                usage = group.kill_now()
+                if usage is None:  # could not kill: the exit decides after all
+                    timed_out = await self._wait(process, deadline, None)
             if usage is not None:
                 for task in self.side_tasks:
                     task.cancel()
@@ -433,7 +440,7 @@ class _Run:
                 # A scratch uid goes back to the pool: nothing of it may outlive the run.
                 await ex._launcher.kill_uid(ex._uid)
             finished = await group.finish() if group is not None else None
-        if ex.answered:
+        if usage is not None:  # answered above (or dropped after a protocol error)
             return None
         return await self._result(process.returncode, timed_out, finished)
 
@@ -512,8 +519,8 @@ class _Run:
             self.traceback = _text(_string(message, "message"))
         elif kind == "exit":
             code = message["code"]
-            if not isinstance(code, int) or isinstance(code, bool):
-                raise TypeError("exit code must be an integer")
+            if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
+                raise TypeError("the exit code must be an integer from 0 to 255")
             self.exit_report = code
             self.exit_reported.set()
         elif kind == "install":

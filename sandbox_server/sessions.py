@@ -256,9 +256,10 @@ class Workspaces:
     async def delete(self, session_id: str) -> bool:
         """Remove a session's workspace; False when there was none."""
         check_session_id(session_id)
+        first = self._sessions.get(session_id)
         while True:
             session = self._sessions.get(session_id)
-            if session is None:
+            if session is None or session is not first:  # deleted (and made again) meanwhile
                 return False
             if session.running:
                 raise RequestError(

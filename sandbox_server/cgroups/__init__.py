@@ -232,6 +232,11 @@ class RunGroup:
         except OSError:
             log.exception("could not read the OOM kills of cgroup %s", self._session)
 
+    @property
+    def can_kill_now(self) -> bool:
+        """Whether the run has a group of its own that lists all its processes."""
+        return self._tree.kills_runs
+
     def kill_now(self) -> Usage | None:
         """SIGKILL every process of the run, not waiting for their exits, and read
         what it used; None when that failed (then `finish` must be awaited first).

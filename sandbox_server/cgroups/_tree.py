@@ -199,6 +199,9 @@ class Tree:
     def kill(self, rel: str) -> None:
         raise NotImplementedError
 
+    kills_runs = True
+    """Whether signal_kill can work: a run has a group of its own."""
+
     def signal_kill(self, rel: str) -> None:
         """SIGKILL every process of a run's group now; their exits come later."""
         raise NotImplementedError

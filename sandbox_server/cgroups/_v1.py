@@ -43,6 +43,8 @@ class V1Tree(Tree):
         self.roots = tuple(dict.fromkeys(self.bases.values()))
         cpu = self.bases.get("cpuacct")
         self._session_roots = tuple(root for root in self.roots if root != cpu)
+        # A run has a group of its own only in cpuacct (make_run); the others are the session's.
+        self.kills_runs = cpu is not None
 
     def make_server(self, rel: str) -> None:
         for root in self.roots:
@@ -79,7 +81,6 @@ class V1Tree(Tree):
         kill_loop(folders, after_first=lambda: self._thaw_quietly(rel))
 
     def signal_kill(self, rel: str) -> None:
-        # A run has a group of its own only in cpuacct (make_run); the others are the session's.
         cpu = self.bases.get("cpuacct")
         if cpu is None:
             raise CgroupError(errno.ENOENT, "without cpuacct, a run has no group of its own")

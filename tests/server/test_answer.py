@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from oasis.sandbox.v1 import sandbox_pb2 as pb
+from sandbox_server.cgroups import RunGroup
 
 from ..conftest import StartServer
 from ..sandbox_client import SandboxClient
@@ -111,3 +112,55 @@ async def test_exit_code_and_exit_handlers_are_kept(
     assert outcome.result.exit_code == 3
     assert outcome.status == "ERROR"
     assert "goodbye" in outcome.result.logs
+
+
+async def test_an_exit_code_set_by_an_exit_listener_is_the_one_reported(
+    start_server: StartServer,
+) -> None:
+    client = await connect(start_server)
+    code = "process.on('exit', () => { process.exitCode = 3; });\nsetResult(1);"
+    outcome = await client.run(code, runtime="node")
+    assert outcome.result.exit_code == 3
+
+
+async def test_code_emitting_exit_itself_does_not_end_its_run(start_server: StartServer) -> None:
+    client = await connect(start_server)
+    code = (
+        "process.emit('exit', 0);\n"
+        "await new Promise((r) => setTimeout(r, 200));\n"
+        "console.log('still here');\n"
+        "setResult('done');"
+    )
+    outcome = await client.run(code, runtime="node")
+    assert outcome.status == "OK", outcome.result.error
+    assert outcome.output == "done"
+    assert "still here" in outcome.result.logs
+
+
+async def test_an_exit_report_out_of_range_is_a_protocol_error(start_server: StartServer) -> None:
+    """The code can write on its channel: what it sends there must not break the stream."""
+    client = await connect(start_server)
+    code = "set_result.__globals__['_send']({'type': 'exit', 'code': 2**40})\nimport time\ntime.sleep(60)"
+    outcome = await client.run(code, timeout=30)
+    assert outcome.status == "ERROR"
+    assert "exit code must be an integer from 0 to 255" in outcome.result.error
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_run_whose_processes_cannot_be_killed_early_ends_at_its_exit(
+    start_server: StartServer, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the cgroup refuses the early kill, the run waits for its process as before
+    (and is not reported as killed by the stop that follows)."""
+    monkeypatch.setattr(RunGroup, "kill_now", lambda self: None)
+    client = await connect(start_server)
+    # 400 MB touched: the exit takes long enough for a stop to hit it.
+    code = {
+        "python": "keep = bytearray(400 << 20)\nprint('hi')\nset_result(1)",
+        "node": "globalThis.keep = Buffer.alloc(400 << 20);\nconsole.log('hi');\nsetResult(1);",
+    }
+    outcome = await client.run(code[runtime], runtime=runtime)
+    assert outcome.status == "OK", outcome.result.error
+    assert outcome.result.exit_code == 0
+    assert outcome.output == 1
+    assert "hi" in outcome.result.logs

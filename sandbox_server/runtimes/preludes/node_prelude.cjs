@@ -144,12 +144,14 @@ function reportError(err) {
 // code, then let go of the log pipes and the channel. The server answers the
 // client on this while Node is still tearing down. Closing a number and
 // opening /dev/null at once gives the number back (the lowest free one).
+// Only Node's own emit counts (process._exiting): code may emit 'exit' itself.
 const emit = process.emit;
 process.emit = function (event, ...args) {
   const handled = emit.call(this, event, ...args);
-  if (event === 'exit') {
+  if (event === 'exit' && process._exiting) {
     try {
-      send({ type: 'exit', code: args[0] & 0xff });
+      // Read after the listeners, as Node does: one may set process.exitCode.
+      send({ type: 'exit', code: (process.exitCode ?? args[0] ?? 0) & 0xff });
       for (const fd of [1, 2]) {
         fs.closeSync(fd);
         fs.openSync('/dev/null', 'w');

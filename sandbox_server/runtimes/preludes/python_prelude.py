@@ -286,6 +286,7 @@ def report_exit(code):
     child forked from the zygote takes milliseconds to unmap its memory, and
     the kernel closes its files only after that.
     """
+    global _out
     try:
         _send({"type": "exit", "code": code & 0xFF})
         null = os.open(os.devnull, os.O_WRONLY)
@@ -294,7 +295,9 @@ def report_exit(code):
     for fd in (1, 2):
         os.dup2(null, fd)
     os.close(null)
-    os.close(_out)
+    with _send_lock:  # a daemon thread of the code may still be sending
+        os.close(_out)
+        _out = -1
 
 
 def main(in_fd, out_fd):
