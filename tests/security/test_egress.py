@@ -21,6 +21,7 @@ from oasis.sandbox.v1 import sandbox_pb2 as pb
 from sandbox_server.launcher.network import HostView, host_addresses
 
 from ..conftest import StartServer
+from ..helpers import eventually
 from ..nethost import TestHost, netns_host
 from .conftest import client_for
 
@@ -154,7 +155,10 @@ async def test_an_allowed_private_host_is_reachable_and_others_are_not(
         allowed = await client.run(PROBE, env={"TARGETS": json.dumps(target)}, timeout=60)
     assert allowed.output is not None, allowed.result.error
     assert allowed.output["test host"] == "connected"
-    assert recorder.received == [b"from the sandbox"]
+    # slirp4netns relays the bytes on its own time: the result may come first.
+    await eventually(
+        lambda: recorder.received == [b"from the sandbox"], what="the bytes to reach the host"
+    )
 
 
 async def test_each_session_has_its_own_network_for_all_its_executions(
