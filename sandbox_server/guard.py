@@ -9,11 +9,16 @@ the first one in the server's interceptor list checks first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+_FIRST_MESSAGE_WAIT = 0.5
+"""Seconds a refused request stream is given to deliver its first message."""
 
 Refusal = tuple[grpc.StatusCode, str]
 Check = Callable[[grpc.HandlerCallDetails, grpc.aio.ServicerContext], Awaitable[Refusal | None]]
@@ -52,16 +57,25 @@ def _guarded(
     attribute, make = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behaviour = getattr(handler, attribute)
 
-    async def refuse_unless_allowed(context: grpc.aio.ServicerContext) -> None:
+    async def refuse_unless_allowed(request: Any, context: grpc.aio.ServicerContext) -> None:
         refusal = await check(details, context)
-        if refusal is not None:
-            await context.abort(*refusal)
+        if refusal is None:
+            return
+        if handler.request_streaming:
+            # grpc/grpc#36066: a grpc.aio client whose write fails because the stream
+            # has ended reports INTERNAL ("Internal error from Core") instead of our
+            # status. Taking its first message (its `start`) before the refusal lets
+            # that write succeed.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_FIRST_MESSAGE_WAIT):
+                    await anext(aiter(request), None)
+        await context.abort(*refusal)
 
     guarded: Callable[..., Any]
     if inspect.isasyncgenfunction(behaviour):  # yields its responses
 
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await refuse_unless_allowed(context)
+            await refuse_unless_allowed(request, context)
             async for response in behaviour(request, context):
                 yield response
 
@@ -69,7 +83,7 @@ def _guarded(
     else:  # returns its response, or writes them through the context
 
         async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await refuse_unless_allowed(context)
+            await refuse_unless_allowed(request, context)
             return await behaviour(request, context)
 
         guarded = coroutine
