@@ -23,7 +23,7 @@ from oasis.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from sandbox_server.server import SandboxServer
 
 from ..conftest import StartServer
-from ..helpers import execute_error, rpc_error, start_message
+from ..helpers import eventually, execute_error, rpc_error, start_message
 from ..sandbox_client import Outcome, SandboxClient
 from .conftest import client_for, session_path
 
@@ -315,5 +315,10 @@ async def test_3000_deep_scratch_tree_and_leftovers_are_deleted(
         outcome = await client.run(DEEP_TREE, timeout=90)
     assert outcome.output == 3000, outcome.result.error
     scratch = server.config.workspace_root / "scratch"
-    # What is left there are the empty workspaces of processes started ahead.
-    assert [path.name for path in scratch.iterdir() if any(path.iterdir())] == []
+    # What is left there are the empty workspaces of processes started ahead; the
+    # run's own goes right after its result.
+    await eventually(
+        lambda: [path.name for path in scratch.iterdir() if any(path.iterdir())] == [],
+        timeout=30,
+        what="the scratch workspace to go",
+    )
