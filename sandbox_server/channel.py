@@ -86,6 +86,11 @@ class PreludeChannel:
         if self._pipes is not None:
             self._pipes.close()
 
+    def detach(self) -> None:
+        """Let go of the pipes without closing them (a live interpreter's next run
+        takes them); later replies are dropped."""
+        self._pipes = self._reader = self._writer = None
+
     # -- tool calls ---------------------------------------------------------
 
     @property

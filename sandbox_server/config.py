@@ -91,6 +91,12 @@ class Config:
     session_spares: int = 8
     """SANDBOX_SESSION_SPARES: at most this many processes started ahead for
     sessions' next runs, one per session and runtime (the least recent go first)."""
+    stateful: bool = True
+    """SANDBOX_STATEFUL: keep_state executions run in a session's live interpreter."""
+    max_states: int = 32
+    """SANDBOX_MAX_STATES: live interpreters at once; the least recently used is ended first."""
+    state_idle: float = 900.0
+    """SANDBOX_STATE_IDLE: seconds a live interpreter is kept without an execution."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -276,6 +282,12 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         spares=parsed("SANDBOX_SPARES", positive_int, default=Config.spares),
         session_spares=parsed(
             "SANDBOX_SESSION_SPARES", positive_int, default=Config.session_spares
+        ),
+        stateful=get("SANDBOX_STATEFUL") is None
+        or _flag("SANDBOX_STATEFUL", get("SANDBOX_STATEFUL")),
+        max_states=parsed("SANDBOX_MAX_STATES", positive_int, minimum=1, default=Config.max_states),
+        state_idle=parsed(
+            "SANDBOX_STATE_IDLE", parse_duration, minimum=0.001, default=Config.state_idle
         ),
     )
 

@@ -31,6 +31,7 @@ from .model import ExecutionSpec, Status
 from .prestart import Spares, SpareState
 from .runtimes import PRELUDES, Runtime, probe_all
 from .sessions import ID, Workspaces, check_session_id
+from .states import LiveStates, StatefulInfo
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Info:
     config: Config
     isolation: str
     version: str
+    stateful: StatefulInfo
     resource_control: str = "rlimits"
     """How session memory and processes are capped: "cgroup v2", "cgroup v1" or "rlimits"."""
     pools: tuple[PoolState, ...] = ()
@@ -60,12 +62,16 @@ class Sandbox:
         launcher: Launcher,
         workspaces: Workspaces,
         spares: Spares | None = None,
+        states: LiveStates | None = None,
     ) -> None:
         self.config = config
         self.runtimes = runtimes
         self._launcher = launcher
         self._workspaces = workspaces
         self._spares = spares
+        self._states = states or LiveStates(
+            enabled=False, reason="not started", max_states=0, idle=0.0
+        )
         self._running: set[Execution] = set()
         self._admitted_ids: OrderedDict[str, None] = OrderedDict()
         self._idle = asyncio.Event()
@@ -108,12 +114,27 @@ class Sandbox:
                 scratch=config.spares,
                 sessions=config.session_spares,
             )
-            workspaces.on_release = spares.release
             spares.open()
-        return cls(config, runtimes, launcher, workspaces, spares)
+        states = LiveStates(
+            enabled=config.stateful and _can_keep_state(workspaces.cgroups),
+            reason=_stateful_off_reason(config, workspaces.cgroups),
+            max_states=config.max_states,
+            idle=config.state_idle,
+        )
+        states.open()
+
+        async def release(path: Path) -> None:
+            # First: nothing started in a workspace may outlive it.
+            await states.release_workspace(path)
+            if spares is not None:
+                await spares.release(path)
+
+        workspaces.on_release = release
+        return cls(config, runtimes, launcher, workspaces, spares, states)
 
     async def close(self) -> None:
         try:
+            await self._states.close()
             if self._spares is not None:
                 await self._spares.close()
         finally:
@@ -143,24 +164,34 @@ class Sandbox:
             resource_control=self.cgroups.mechanism.value,
             pools=tuple(self._launcher.pool_states()),
             spares=self._spares.states() if self._spares is not None else (),
+            stateful=self._states.info(),
         )
 
     def open(self, spec: ExecutionSpec) -> Execution:
         """Validate and admit one execution; RequestError when it cannot run."""
         runtime = self._validate(spec)
         self.check_admission()
+        execution_id = spec.execution_id or uuid.uuid4().hex
+        if spec.keep_state:
+            # Before the id is remembered: a busy session's refusal may be retried.
+            self._states.reserve((spec.session_id, runtime.name), execution_id)
         if spec.execution_id:
-            self._remember(spec.execution_id)
+            try:
+                self._remember(spec.execution_id)
+            except RequestError:
+                self._states.free((spec.session_id, runtime.name), execution_id)
+                raise
         timeout = self.config.default_timeout if spec.timeout is None else spec.timeout
         execution = Execution(
             spec,
-            execution_id=spec.execution_id or uuid.uuid4().hex,
+            execution_id=execution_id,
             timeout=min(timeout, self.config.max_timeout),
             runtime=runtime,
             config=self.config,
             launcher=self._launcher,
             workspaces=self._workspaces,
             spares=self._spares,
+            states=self._states,
             on_close=self._closed,
         )
         self._running.add(execution)
@@ -199,6 +230,8 @@ class Sandbox:
             self._admitted_ids.popitem(last=False)
 
     def _closed(self, execution: Execution) -> None:
+        if execution.state_key is not None:
+            self._states.free(execution.state_key, execution.execution_id)
         self._running.discard(execution)
         if not self._running:
             self._idle.set()
@@ -227,6 +260,11 @@ class Sandbox:
             )
         if spec.session_id:
             check_session_id(spec.session_id)
+        elif spec.keep_state:
+            raise invalid(
+                "keep_state needs a session_id: the live interpreter belongs to a session "
+                "(set session_id, or leave keep_state unset for a one-off execution)"
+            )
         if spec.timeout is not None and spec.timeout <= 0:
             raise invalid("timeout must be positive")
         names: set[str] = set()
@@ -258,6 +296,11 @@ class Sandbox:
     async def delete_workspace(self, session_id: str) -> bool:
         return await self._workspaces.delete(session_id)
 
+    async def reset_state(self, session_id: str) -> bool:
+        """End the session's live interpreters, keeping its files; False when it had none."""
+        check_session_id(session_id)
+        return await self._states.reset(session_id)
+
     async def shutdown(self, grace: float, hurry: asyncio.Event | None = None) -> None:
         """Refuse new work, give running executions `grace` seconds (or until `hurry` is
         set), then kill them."""
@@ -280,6 +323,22 @@ class Sandbox:
                 await asyncio.wait_for(self._idle.wait(), 5.0)
             except TimeoutError:
                 log.warning("%d executions did not stop in time", len(self._running))
+
+
+def _can_keep_state(cgroups: Cgroups) -> bool:
+    return cgroups.kills_runs
+
+
+def _stateful_off_reason(config: Config, cgroups: Cgroups) -> str:
+    if not config.stateful:
+        return "stateful sessions are turned off on this server (SANDBOX_STATEFUL=0)"
+    if not cgroups.kills_runs:
+        return (
+            "this host gives a run no cgroup of its own (cgroup v2 with the pids and memory "
+            "controllers, or v1 with cpuacct), which a live interpreter needs to end its "
+            "code's processes with each execution"
+        )
+    return ""
 
 
 def _create_launcher(config: Config, runtimes: dict[str, Runtime], quota: bool) -> Launcher:

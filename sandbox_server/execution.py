@@ -23,6 +23,7 @@ of their own live beside it: channel.py, installer.py, outputs.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import logging
@@ -42,6 +43,7 @@ from .errors import RequestError, invalid
 from .installer import MAX_PENDING_INSTALLS, Installer
 from .isolation import describe_size, limit_hint
 from .launcher import Launcher, Process
+from .launcher.process import unread_bytes
 from .logs import LogCollector
 from .model import (
     Event,
@@ -58,6 +60,7 @@ from .outputs import MAX_ERROR
 from .prestart import Launched, Spares, code_path, launch, servable, start_group
 from .runtimes import Runtime
 from .sessions import Workspace, Workspaces
+from .states import LiveState, LiveStates
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class Execution:
         launcher: Launcher,
         workspaces: Workspaces,
         spares: Spares | None = None,
+        states: LiveStates | None = None,
         on_close: Callable[[Execution], None],
     ) -> None:
         self.spec = spec
@@ -94,6 +98,9 @@ class Execution:
         self._spares = spares
         self._spare: Launched | None = None
         """A process started ahead for this run, until the run takes it."""
+        self._states = states
+        self.state_key = (spec.session_id, runtime.name) if spec.keep_state else None
+        """keep_state: the live interpreter this execution runs in."""
         self._on_close = on_close
         # Bounded: a slow client slows the code down instead of filling memory.
         self._events: asyncio.Queue[Event | _End] = asyncio.Queue(maxsize=32)
@@ -251,20 +258,30 @@ class Execution:
                 session_id, self.execution_id, scratch=scratch
             ) as lease:
                 try:
+                    state, lost = None, ""
+                    if self.state_key is not None:
+                        assert self._states is not None
+                        state, lost = self._states.take(self.state_key)
                     await self._events.put(
-                        Started(self.execution_id, session_id, self._runtime.name)
+                        Started(
+                            self.execution_id,
+                            session_id,
+                            self._runtime.name,
+                            fresh_state=self.state_key is not None and state is None,
+                            fresh_state_reason=lost,
+                        )
                     )
                     self._workspace, self._uid, self._lease = lease.path, lease.uid, lease
-                    if spares is not None and session_id:
+                    if spares is not None and session_id and state is None:
                         self._spare = await spares.take(self._runtime, lease)
                     self._workspace_ready.set()
-                    result = await self._prepare_and_execute(lease.path)
+                    result = await self._prepare_and_execute(lease.path, state, lost)
                     if result is not None:
                         await self._answer(result)
                 finally:
                     if self._spare is not None:  # the run ended before it started its code
                         await self._spare.discard()
-                if spares is not None and session_id:
+                if spares is not None and session_id and self.state_key is None:
                     # After the teardown: a start would compete with sending the result.
                     spares.prepare(self._runtime, lease)
         except RequestError as exc:
@@ -293,7 +310,9 @@ class Execution:
         if self.spec.session_id:
             self._workspaces.settle(self.spec.session_id, self.execution_id)
 
-    async def _prepare_and_execute(self, workspace: Path) -> Result | None:
+    async def _prepare_and_execute(
+        self, workspace: Path, state: LiveState | None, lost: str
+    ) -> Result | None:
         started = time.monotonic()
         try:
             for file in self.spec.files:
@@ -331,6 +350,8 @@ class Execution:
         self._channel = PreludeChannel(
             call_prefix=self.execution_id, max_result=self._config.max_result
         )
+        if self.state_key is not None:
+            return await _LiveRun(self, self._channel, workspace, started, state, lost).execute()
         return await _Run(self, self._channel, workspace, started).execute()
 
     def _stopped_result(self, started: float) -> Result:
@@ -359,7 +380,12 @@ class _Run:
         self.protocol_error = ""
         self.exit_reported = asyncio.Event()
         self.exit_report = 0
-        """The exit code the prelude reported before exiting (with `exit_reported`)."""
+        """The exit code the prelude reported before exiting (with `exit_reported`),
+        or a live interpreter's once its code is done (`idle`)."""
+        self.idle = asyncio.Event()
+        """A live interpreter's code is done and it waits for the next start."""
+        self.pumping = {Stream.STDOUT: False, Stream.STDERR: False}
+        """A log pump holds output it has read and not yet delivered."""
         self.side_tasks: set[asyncio.Task[None]] = set()
         self.installer = Installer(
             runtime=execution._runtime,
@@ -484,9 +510,11 @@ class _Run:
 
     async def _pump(self, stream: asyncio.StreamReader, kind: Stream) -> None:
         while data := await stream.read(64 * 1024):
+            self.pumping[kind] = True
             live = self.logs.add(kind, data)
             if live:
                 await self.ex._events.put(LogEvent(kind, live))
+            self.pumping[kind] = False
 
     async def _serve_channel(self) -> None:
         """Handle the prelude's messages until it closes the channel."""
@@ -518,11 +546,13 @@ class _Run:
         elif kind == "error":
             self.traceback = _text(_string(message, "message"))
         elif kind == "exit":
-            code = message["code"]
-            if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
-                raise TypeError("the exit code must be an integer from 0 to 255")
-            self.exit_report = code
+            self.exit_report = _exit_code(message)
             self.exit_reported.set()
+        elif kind == "idle":
+            self.exit_report = _exit_code(message)
+            self.idle.set()
+        elif kind == "ready":
+            pass  # the prelude is up (read before the start by a live interpreter's first run)
         elif kind == "install":
             reply_id, package = str(message["id"]), str(message["package"])
             if self.installer.reserve():
@@ -638,6 +668,230 @@ class _Run:
             duration=time.monotonic() - self.started,
             cpu_time=usage.cpu_time if usage is not None else 0.0,
         )
+
+
+class _LiveRun(_Run):
+    """A keep_state execution: its code runs in the session's live interpreter
+    (states.py), which is made on the first one and stopped after each.
+
+    The code is done when the prelude reports `idle`; a timeout or cancel first
+    interrupts it (SIGINT) and kills the interpreter only if it does not stop
+    within `_INTERRUPT_GRACE`.
+    """
+
+    def __init__(
+        self,
+        execution: Execution,
+        channel: PreludeChannel,
+        workspace: Path,
+        started: float,
+        state: LiveState | None,
+        lost: str,
+    ) -> None:
+        super().__init__(execution, channel, workspace, started)
+        self.state = state
+        self.lost = lost
+        """Why the session's earlier state is gone ("" when there was none)."""
+        assert execution._states is not None and execution.state_key is not None
+        self.states = execution._states
+        self.key = execution.state_key
+        self.pumps: list[asyncio.Task[None]] = []
+
+    async def execute(self) -> Result | None:
+        ex = self.ex
+        deadline = self.started + ex.timeout
+        kept = False
+        state = self.state
+        try:
+            if self.lost:
+                await self._notice(
+                    f"[sandbox] this execution starts with an empty interpreter: the session's "
+                    f"earlier state is gone ({self.lost})\n"
+                )
+            if state is None:
+                state = self.state = await self._new_state(deadline)
+            else:
+                self.channel.attach(state.launched.pipes)
+            before = state.resume(ex._config.limits.cpu_time)
+            ending = await self._run_code(state, deadline)
+            if ending is None:  # idle: the interpreter keeps its state
+                await state.suspend()
+                await self._drained(state.launched.process)
+                kept = True
+                usage = state.group.usage()
+                usage = dataclasses.replace(usage, cpu_time=usage.cpu_time - before.cpu_time)
+                result = await self._result(self.exit_report, self.timed_out, usage)
+                self.states.free(self.key, ex.execution_id)
+                return dataclasses.replace(result, state_kept=True)
+            self.states.lose(self.key, state, ending)
+            process = state.launched.process
+            await process.kill()
+            await asyncio.wait(self.pumps[:2], timeout=_DRAIN_AFTER_EXIT)
+            usage = await state.group.finish()
+            result = await self._result(
+                process.returncode if not self.stopped else -1, self.timed_out, usage
+            )
+            error = "\n".join(
+                filter(None, [result.error, f"The interpreter's state is lost: {ending}."])
+            )
+            return dataclasses.replace(result, error=_clip(error, MAX_ERROR))
+        finally:
+            for task in self.pumps:
+                task.cancel()
+            await asyncio.gather(*self.pumps, return_exceptions=True)
+            self.channel.detach()
+            if state is not None and not kept:
+                self.states.lose(self.key, state, "its execution ended abnormally")
+                await asyncio.shield(state.end())
+            self.states.free(self.key, ex.execution_id)
+
+    async def _notice(self, text: str) -> None:
+        live = self.logs.add(Stream.STDERR, text.encode())
+        if live:
+            await self.ex._events.put(LogEvent(Stream.STDERR, live))
+
+    async def _new_state(self, deadline: float) -> LiveState:
+        """A process for the session's interpreter, taken over once its prelude is ready."""
+        ex = self.ex
+        assert ex._lease is not None
+        launched = ex._spare
+        if launched is not None and not (
+            ex._spares is not None and ex._spares.usable(ex._runtime, ex._lease, launched)
+        ):
+            ex._spare = None
+            await launched.discard()
+            launched = None
+        if launched is not None:
+            ex._spare = None
+        else:
+            launched = await launch(
+                runtime=ex._runtime,
+                launcher=ex._launcher,
+                workspaces=ex._workspaces,
+                workspace=ex._lease,
+                env=ex.spec.env,
+            )
+        try:
+            if launched.group is None:
+                raise RuntimeError("a live interpreter needs a run cgroup")
+            self.channel.attach(launched.pipes)
+            ready = await asyncio.wait_for(
+                self.channel.read(), timeout=max(deadline - time.monotonic(), 0.001)
+            )
+            if ready is None or ready.get("type") != "ready":
+                raise RuntimeError(f"the interpreter did not start (it sent {ready!r})")
+            launched.claim()
+            state = LiveState.adopt(self.key, ex._lease.path, launched)
+            self.states.add(state)
+        except BaseException:
+            self.channel.detach()
+            await launched.discard()
+            raise
+        return state
+
+    timed_out = False
+    stopped = False
+
+    async def _run_code(self, state: LiveState, deadline: float) -> str | None:
+        """Run the code; None when the interpreter is idle again, else why it must end."""
+        ex = self.ex
+        process = state.launched.process
+        name = ex.execution_id
+        self.pumps = [
+            asyncio.create_task(self._pump(process.stdout, Stream.STDOUT), name=f"stdout-{name}"),
+            asyncio.create_task(self._pump(process.stderr, Stream.STDERR), name=f"stderr-{name}"),
+            asyncio.create_task(self._serve_channel(), name=f"channel-{name}"),
+        ]
+        try:
+            self.channel.send(
+                ex._runtime.start_message(
+                    ex.spec.code, self.workspace, ex.execution_id, env=ex.spec.env, keep_state=True
+                )
+            )
+            end = await self._until(process, deadline)
+            if end == "idle":
+                return None
+            if end == "exit":
+                return _exit_reason(await process.wait())
+            # A timeout or a stop: interrupt, and keep the state if the code stops in time.
+            self.timed_out, self.stopped = end == "timeout", end == "stop"
+            state.interrupt()
+            end = await self._until(process, time.monotonic() + _INTERRUPT_GRACE)
+            if end == "idle":
+                return None
+            return (
+                f"it did not stop within {_seconds(_INTERRUPT_GRACE)} s of the interrupt "
+                "(KeyboardInterrupt in Python), so it was killed"
+            )
+        finally:
+            for task in [self.pumps[2], *self.side_tasks]:
+                task.cancel()
+            await asyncio.gather(self.pumps[2], *self.side_tasks, return_exceptions=True)
+
+    async def _until(self, process: Process, deadline: float) -> str:
+        """Wait for "idle", "exit", "stop" or "timeout" (whichever comes first)."""
+        name = self.ex.execution_id
+        waits = {
+            asyncio.create_task(self.idle.wait(), name=f"idle-{name}"): "idle",
+            asyncio.create_task(process.wait(), name=f"exit-{name}"): "exit",
+        }
+        if not self.stopped and not self.timed_out:
+            waits[asyncio.create_task(self.ex._stop.wait(), name=f"stop-{name}")] = "stop"
+        try:
+            done, _ = await asyncio.wait(
+                waits,
+                timeout=max(deadline - time.monotonic(), 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        for kind in ("idle", "exit", "stop"):  # an idle report wins over a stop arriving with it
+            if any(waits[task] == kind for task in done):
+                return kind
+        return "timeout"
+
+    async def _drained(self, process: Process) -> None:
+        """Wait until the pumps have delivered all the (stopped) code wrote, then stop them."""
+        try:
+            for _ in range(_DRAIN_ROUNDS):
+                if not self._holds_output(process):
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # a pump woken by the last bytes runs first
+                    if not self._holds_output(process):
+                        return
+                await asyncio.sleep(0.001)
+            log.warning("execution %s: its logs did not drain in time", self.ex.execution_id)
+        finally:
+            for task in self.pumps[:2]:
+                task.cancel()
+            await asyncio.gather(*self.pumps[:2], return_exceptions=True)
+
+    def _holds_output(self, process: Process) -> bool:
+        return (
+            any(self.pumping.values())
+            or unread_bytes(process.stdout) > 0
+            or unread_bytes(process.stderr) > 0
+        )
+
+
+_INTERRUPT_GRACE = 2.0
+"""Seconds interrupted code of a live interpreter gets to stop before it is killed."""
+_DRAIN_ROUNDS = 500
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0 and -code in signal.Signals._value2member_map_:
+        return f"the interpreter was killed by signal {signal.Signals(-code).name}"
+    return f"the interpreter exited with code {code}"
+
+
+def _exit_code(message: dict[str, Any]) -> int:
+    code = message["code"]
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
+        raise TypeError("the exit code must be an integer from 0 to 255")
+    return code
 
 
 def _string(message: dict[str, Any], key: str) -> str:

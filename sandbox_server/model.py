@@ -45,6 +45,8 @@ class ExecutionSpec:
     timeout: float | None = None
     files: tuple[InputFile, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    keep_state: bool = False
+    """Run in the session's live interpreter (states.py)."""
 
 
 # Events an execution emits, in order: Started, then any mix of LogEvent,
@@ -56,6 +58,8 @@ class Started:
     execution_id: str
     session_id: str
     runtime: str
+    fresh_state: bool = False
+    fresh_state_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class Result:
     duration: float = 0.0
     cpu_time: float = 0.0
     """Seconds of CPU time of all the run's processes; 0 without cgroups."""
+    state_kept: bool = False
+    """keep_state: the session's interpreter survived the execution."""
 
 
 Event = Started | LogEvent | ToolCallEvent | FileChunkEvent | Result

@@ -62,6 +62,7 @@ def spec_from_proto(start: pb.StartExecution) -> ExecutionSpec:
         timeout=start.timeout.ToNanoseconds() / 1e9 if start.HasField("timeout") else None,
         files=tuple(InputFile(name=f.name, data=f.data, size=f.size) for f in start.files),
         env=dict(start.env),
+        keep_state=start.keep_state,
     )
 
 
@@ -81,7 +82,11 @@ def event_to_proto(event: Event) -> pb.ExecuteResponse:
     if isinstance(event, Started):
         return pb.ExecuteResponse(
             started=pb.ExecutionStarted(
-                execution_id=event.execution_id, session_id=event.session_id, runtime=event.runtime
+                execution_id=event.execution_id,
+                session_id=event.session_id,
+                runtime=event.runtime,
+                fresh_state=event.fresh_state,
+                fresh_state_reason=event.fresh_state_reason,
             )
         )
     return pb.ExecuteResponse(result=result_to_proto(event))
@@ -100,6 +105,7 @@ def result_to_proto(result: Result) -> pb.ExecutionResult:
         duration=_duration(result.duration),
         logs_truncated=result.logs_truncated,
         cpu_time=_duration(result.cpu_time),
+        state_kept=result.state_kept,
     )
 
 
@@ -167,6 +173,15 @@ class SandboxService(pb_grpc.SandboxServicer):
             await context.abort(grpc_status(exc.code), exc.message)
         return pb.DeleteWorkspaceResponse(deleted=deleted)
 
+    async def ResetState(
+        self, request: pb.ResetStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResetStateResponse:
+        try:
+            had_state = await self._sandbox.reset_state(request.session_id)
+        except RequestError as exc:
+            await context.abort(grpc_status(exc.code), exc.message)
+        return pb.ResetStateResponse(had_state=had_state)
+
     async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetInfoResponse:
@@ -219,4 +234,11 @@ class SandboxService(pb_grpc.SandboxServicer):
                 pb.GetInfoResponse.Spares(runtime=s.runtime, waiting=s.waiting, served=s.served)
                 for s in info.spares
             ],
+            stateful=pb.GetInfoResponse.Stateful(
+                enabled=info.stateful.enabled,
+                reason=info.stateful.reason,
+                max_states=info.stateful.max_states,
+                idle_timeout=_duration(info.stateful.idle),
+                live=info.stateful.live,
+            ),
         )

@@ -57,6 +57,13 @@ SETTINGS = (
     Setting(
         "SANDBOX_SESSION_SPARES", "8", "at most this many started ahead for sessions' next runs"
     ),
+    Setting("SANDBOX_STATEFUL", "1", "keep_state executions keep a live interpreter per session"),
+    Setting(
+        "SANDBOX_MAX_STATES", "32", "live interpreters at once (least recently used ended first)"
+    ),
+    Setting(
+        "SANDBOX_STATE_IDLE", "15m", "a live interpreter ends after this long without an execution"
+    ),
     Setting("SANDBOX_CPU_TIME", "60s", "CPU time per execution"),
     Setting("SANDBOX_MEMORY", "1GiB", "memory per process"),
     Setting("SANDBOX_SESSION_MEMORY", "MEMORY + WORKSPACE_SIZE", "memory of a session's cgroup"),

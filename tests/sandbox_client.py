@@ -62,6 +62,7 @@ class SandboxClient:
         after_start: list[pb.ExecuteRequest] | None = None,
         env: dict[str, str] | None = None,
         execution_id: str = "",
+        keep_state: bool = False,
         on_response: Callable[[pb.ExecuteResponse, asyncio.Queue[pb.ExecuteRequest | None]], Any]
         | None = None,
     ) -> Outcome:
@@ -72,6 +73,7 @@ class SandboxClient:
             session_id=session_id,
             env=env or {},
             execution_id=execution_id,
+            keep_state=keep_state,
         )
         if timeout is not None:
             start.timeout.FromNanoseconds(int(timeout * 1e9))

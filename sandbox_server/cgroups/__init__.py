@@ -137,6 +137,11 @@ class Cgroups:
         return Mechanism.NONE if self._tree is None else self._tree.mechanism
 
     @property
+    def kills_runs(self) -> bool:
+        """Whether each run gets a group of its own that lists all its processes."""
+        return self._tree is not None and self._tree.kills_runs
+
+    @property
     def folders(self) -> tuple[Path, ...]:
         """This server's group in each hierarchy; empty without cgroups."""
         if self._tree is None:
@@ -251,6 +256,21 @@ class RunGroup:
         except OSError:
             log.exception("could not kill cgroup %s/%s", self._session, self._name)
             return None
+
+    # -- a live interpreter's group, kept across its executions (states.py) --
+
+    def procs(self) -> set[int]:
+        """The run's processes now (on the loop: one small cgroupfs read)."""
+        return self._tree.run_procs(f"{self._session}/{self._name}")
+
+    def kill_others(self, keep: frozenset[int]) -> None:
+        """SIGKILL every process of the run but `keep`, not waiting for their exits."""
+        self._tree.signal_kill_except(f"{self._session}/{self._name}", keep)
+
+    def usage(self) -> Usage:
+        """What the run used so far (CPU time since its group was made; OOM kills
+        since `rebase`)."""
+        return self._tree.run_usage(self._session, self._name, self._oom_before)
 
     async def finish(self) -> Usage:
         """Kill what is left of the run, read what it used and remove its group; idempotent."""

@@ -103,15 +103,16 @@ def kill_loop(folders: list[Path], *, after_first: Callable[[], None] = lambda: 
     raise CgroupError(errno.EBUSY, f"processes in {folders[0]} survived SIGKILL")
 
 
-def signal_all(folder: Path) -> None:
-    """SIGKILL the processes in `folder` and return without waiting for their exits.
+def signal_all(folder: Path, *, keep: frozenset[int] = frozenset()) -> None:
+    """SIGKILL the processes in `folder` but those in `keep`, and return without
+    waiting for their exits.
 
     A process with SIGKILL pending runs no more code and can no longer fork
     (fork fails while a fatal signal is pending), so a round that finds
     nobody new is the last. Only `folder` itself is read: nobody makes groups
     below a run's.
     """
-    killed: set[int] = set()
+    killed: set[int] = set(keep)
     for _ in range(_KILL_ROUNDS):
         pids = {int(pid) for pid in read(folder / "cgroup.procs").split()}
         fresh = pids - killed
@@ -208,6 +209,17 @@ class Tree:
 
     def set_frozen(self, rel: str, frozen: bool) -> None:
         raise NotImplementedError
+
+    def run_folder(self, rel: str) -> Path:
+        """The folder that lists a run's own processes (where `kills_runs`)."""
+        raise NotImplementedError
+
+    def run_procs(self, rel: str) -> set[int]:
+        return {int(pid) for pid in read(self.run_folder(rel) / "cgroup.procs").split()}
+
+    def signal_kill_except(self, rel: str, keep: frozenset[int]) -> None:
+        """SIGKILL every process of a run's group but `keep`; their exits come later."""
+        signal_all(self.run_folder(rel), keep=keep)
 
     def remove(self, rel: str) -> None:
         """Kill whatever is left in the group, then remove it and its descendants."""

@@ -81,10 +81,13 @@ class V1Tree(Tree):
         kill_loop(folders, after_first=lambda: self._thaw_quietly(rel))
 
     def signal_kill(self, rel: str) -> None:
+        signal_all(self.run_folder(rel))
+
+    def run_folder(self, rel: str) -> Path:
         cpu = self.bases.get("cpuacct")
         if cpu is None:
             raise CgroupError(errno.ENOENT, "without cpuacct, a run has no group of its own")
-        signal_all(cpu / own(rel))
+        return cpu / own(rel)
 
     def _thaw_quietly(self, rel: str) -> None:
         freezer = self.bases.get("freezer")

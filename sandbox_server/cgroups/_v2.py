@@ -133,6 +133,9 @@ class V2Tree(Tree):
                 raise
             signal_all(folder)
 
+    def run_folder(self, rel: str) -> Path:
+        return self.base / own(rel)
+
     def set_frozen(self, rel: str, frozen: bool) -> None:
         folder = self.base / own(rel)
         write(folder / "cgroup.freeze", "1" if frozen else "0")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import signal
+import struct
+import termios
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -169,6 +172,17 @@ class ForkedProcess(Process):
         if self.returncode is not None:
             for pipe in self._output:
                 pipe.transport.close()
+
+
+def unread_bytes(stream: asyncio.StreamReader) -> int:
+    """Bytes written into the pipe under `stream` that the event loop has not read yet."""
+    # asyncio offers no public way from a reader to its transport's pipe.
+    transport = stream._transport  # type: ignore[attr-defined]
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is None or transport.is_closing():
+        return 0
+    count = fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", count)[0])
 
 
 def has_exited(pidfd: int) -> bool:

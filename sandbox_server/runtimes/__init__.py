@@ -71,12 +71,19 @@ class Runtime:
     """Hosts the package installer downloads from: its only routes out under egress and none."""
 
     def start_message(
-        self, code: str, workspace: Path, execution_id: str, *, env: Mapping[str, str]
+        self,
+        code: str,
+        workspace: Path,
+        execution_id: str,
+        *,
+        env: Mapping[str, str],
+        keep_state: bool = False,
     ) -> dict[str, object]:
         """What the prelude runs. The request's env travels here, not at the process
-        start: a process may be started before its request arrives."""
+        start: a process may be started before its request arrives. `keep_state`:
+        the prelude stays for the session's next start message (a live interpreter)."""
         packages = workspace / PACKAGES_DIR
-        common = {"type": "start", "code": code, "env": dict(env)}
+        common = {"type": "start", "code": code, "env": dict(env), "keep_state": keep_state}
         if self.name == "python":
             return {**common, "sys_path": [str(packages / "python"), *self.site_paths]}
         return {**common, "module": str(packages / f"run-{execution_id}.mjs")}

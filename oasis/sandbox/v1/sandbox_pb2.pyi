@@ -92,6 +92,7 @@ class StartExecution(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    KEEP_STATE_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """Empty: the server makes one."""
     code: _builtins.str
@@ -100,6 +101,12 @@ class StartExecution(_message.Message):
     session_id: _builtins.str
     """Empty: a fresh workspace that is deleted after the execution.
     Otherwise must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$.
+    """
+    keep_state: _builtins.bool
+    """Run in the session's live interpreter (requires session_id): variables,
+    functions and imports of earlier keep_state executions of the session
+    (same runtime) are there, and what this one defines stays. One at a time
+    per session and runtime: a second gets FAILED_PRECONDITION.
     """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
@@ -125,10 +132,11 @@ class StartExecution(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         files: _abc.Iterable[Global___File] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        keep_state: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "env", b"env", "execution_id", b"execution_id", "files", b"files", "runtime", b"runtime", "session_id", b"session_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "env", b"env", "execution_id", b"execution_id", "files", b"files", "keep_state", b"keep_state", "runtime", b"runtime", "session_id", b"session_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -226,19 +234,31 @@ class ExecutionStarted(_message.Message):
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
+    FRESH_STATE_FIELD_NUMBER: _builtins.int
+    FRESH_STATE_REASON_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     session_id: _builtins.str
     runtime: _builtins.str
+    fresh_state: _builtins.bool
+    """keep_state only: the interpreter starts empty (the session's first, or
+    its earlier state was lost: see fresh_state_reason).
+    """
+    fresh_state_reason: _builtins.str
+    """Why an earlier state is gone (reset, idle, evicted, killed, ...); empty
+    when there never was one.
+    """
     def __init__(
         self,
         *,
         execution_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         runtime: _builtins.str = ...,
+        fresh_state: _builtins.bool = ...,
+        fresh_state_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "runtime", b"runtime", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "fresh_state", b"fresh_state", "fresh_state_reason", b"fresh_state_reason", "runtime", b"runtime", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,6 +368,7 @@ class ExecutionResult(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     LOGS_TRUNCATED_FIELD_NUMBER: _builtins.int
     CPU_TIME_FIELD_NUMBER: _builtins.int
+    STATE_KEPT_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """JSON text of the value given to set_result; "" when none was set."""
     logs: _builtins.str
@@ -357,6 +378,10 @@ class ExecutionResult(_message.Message):
     """Why the execution failed, in words an LLM can act on."""
     status: Global___ExecutionResult.Status.ValueType
     logs_truncated: _builtins.bool
+    state_kept: _builtins.bool
+    """keep_state only: the session's interpreter survived this execution, and
+    the next keep_state execution finds its variables.
+    """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___File]:
         """Files from set_result(files=...). Files sent as FileChunks before the
@@ -381,10 +406,11 @@ class ExecutionResult(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         logs_truncated: _builtins.bool = ...,
         cpu_time: _duration_pb2.Duration | None = ...,
+        state_kept: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "duration", b"duration", "error", b"error", "exit_code", b"exit_code", "files", b"files", "logs", b"logs", "logs_truncated", b"logs_truncated", "output", b"output", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "duration", b"duration", "error", b"error", "exit_code", b"exit_code", "files", b"files", "logs", b"logs", "logs_truncated", b"logs_truncated", "output", b"output", "state_kept", b"state_kept", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,6 +515,45 @@ class DeleteWorkspaceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteWorkspaceResponse: _TypeAlias = DeleteWorkspaceResponse  # noqa: Y015
+
+@_typing.final
+class ResetStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetStateRequest: _TypeAlias = ResetStateRequest  # noqa: Y015
+
+@_typing.final
+class ResetStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HAD_STATE_FIELD_NUMBER: _builtins.int
+    had_state: _builtins.bool
+    """False when the session had no live interpreter."""
+    def __init__(
+        self,
+        *,
+        had_state: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["had_state", b"had_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetStateResponse: _TypeAlias = ResetStateResponse  # noqa: Y015
 
 @_typing.final
 class GetInfoRequest(_message.Message):
@@ -689,6 +754,45 @@ class GetInfoResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class Stateful(_message.Message):
+        """Live interpreters of keep_state executions (SANDBOX_STATEFUL)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ENABLED_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
+        MAX_STATES_FIELD_NUMBER: _builtins.int
+        IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
+        LIVE_FIELD_NUMBER: _builtins.int
+        enabled: _builtins.bool
+        reason: _builtins.str
+        """Why not, when not enabled."""
+        max_states: _builtins.int
+        """At most this many live at once (SANDBOX_MAX_STATES); the least recently
+        used is ended first.
+        """
+        live: _builtins.int
+        """Live now."""
+        @_builtins.property
+        def idle_timeout(self) -> _duration_pb2.Duration:
+            """Ended after this long without an execution (SANDBOX_STATE_IDLE)."""
+
+        def __init__(
+            self,
+            *,
+            enabled: _builtins.bool = ...,
+            reason: _builtins.str = ...,
+            max_states: _builtins.int = ...,
+            idle_timeout: _duration_pb2.Duration | None = ...,
+            live: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "idle_timeout", b"idle_timeout", "live", b"live", "max_states", b"max_states", "reason", b"reason"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUNTIMES_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
@@ -698,6 +802,7 @@ class GetInfoResponse(_message.Message):
     LAUNCHER_FIELD_NUMBER: _builtins.int
     POOLS_FIELD_NUMBER: _builtins.int
     SPARES_FIELD_NUMBER: _builtins.int
+    STATEFUL_FIELD_NUMBER: _builtins.int
     isolation: _builtins.str
     """"none", "uid" or "namespaces"."""
     server_version: _builtins.str
@@ -722,6 +827,8 @@ class GetInfoResponse(_message.Message):
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Pool]: ...
     @_builtins.property
     def spares(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetInfoResponse.Spares]: ...
+    @_builtins.property
+    def stateful(self) -> Global___GetInfoResponse.Stateful: ...
     def __init__(
         self,
         *,
@@ -734,10 +841,11 @@ class GetInfoResponse(_message.Message):
         launcher: _builtins.str = ...,
         pools: _abc.Iterable[Global___GetInfoResponse.Pool] | None = ...,
         spares: _abc.Iterable[Global___GetInfoResponse.Spares] | None = ...,
+        stateful: Global___GetInfoResponse.Stateful | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "stateful", b"stateful"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "launcher", b"launcher", "limits", b"limits", "network", b"network", "pools", b"pools", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version", "spares", b"spares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["isolation", b"isolation", "launcher", b"launcher", "limits", b"limits", "network", b"network", "pools", b"pools", "resource_control", b"resource_control", "runtimes", b"runtimes", "server_version", b"server_version", "spares", b"spares", "stateful", b"stateful"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

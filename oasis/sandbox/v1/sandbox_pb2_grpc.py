@@ -51,6 +51,11 @@ class SandboxStub:
                 request_serializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.ResetState = channel.unary_unary(
+                '/oasis.sandbox.v1.Sandbox/ResetState',
+                request_serializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetStateRequest.SerializeToString,
+                response_deserializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetStateResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServicer:
@@ -83,6 +88,14 @@ class SandboxServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetState(self, request, context):
+        """Ends a session's live interpreters (see StartExecution.keep_state) and
+        keeps its files. FAILED_PRECONDITION while a keep_state execution runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +113,11 @@ def add_SandboxServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.GetInfoRequest.FromString,
                     response_serializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'ResetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetState,
+                    request_deserializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetStateRequest.FromString,
+                    response_serializer=oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +203,33 @@ class Sandbox:
             '/oasis.sandbox.v1.Sandbox/GetInfo',
             oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.GetInfoRequest.SerializeToString,
             oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oasis.sandbox.v1.Sandbox/ResetState',
+            oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetStateRequest.SerializeToString,
+            oasis_dot_sandbox_dot_v1_dot_sandbox__pb2.ResetStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

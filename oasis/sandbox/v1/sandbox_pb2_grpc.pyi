@@ -52,6 +52,10 @@ class SandboxStub:
     """
     GetInfo: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.GetInfoRequest, _sandbox_pb2.GetInfoResponse]
     """Describes the runtimes, limits and isolation this server provides."""
+    ResetState: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ResetStateRequest, _sandbox_pb2.ResetStateResponse]
+    """Ends a session's live interpreters (see StartExecution.keep_state) and
+    keeps its files. FAILED_PRECONDITION while a keep_state execution runs.
+    """
 
 @_typing.type_check_only
 class SandboxAsyncStub(SandboxStub):
@@ -72,6 +76,10 @@ class SandboxAsyncStub(SandboxStub):
     """
     GetInfo: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.GetInfoRequest, _sandbox_pb2.GetInfoResponse]  # type: ignore[assignment]
     """Describes the runtimes, limits and isolation this server provides."""
+    ResetState: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ResetStateRequest, _sandbox_pb2.ResetStateResponse]  # type: ignore[assignment]
+    """Ends a session's live interpreters (see StartExecution.keep_state) and
+    keeps its files. FAILED_PRECONDITION while a keep_state execution runs.
+    """
 
 class SandboxServicer(metaclass=_abc_1.ABCMeta):
     """Sandbox runs untrusted Python and Node.js code and lets it call back into
@@ -107,5 +115,15 @@ class SandboxServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.GetInfoResponse, _abc.Awaitable[_sandbox_pb2.GetInfoResponse]]:
         """Describes the runtimes, limits and isolation this server provides."""
+
+    @_abc_1.abstractmethod
+    def ResetState(
+        self,
+        request: _sandbox_pb2.ResetStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.ResetStateResponse, _abc.Awaitable[_sandbox_pb2.ResetStateResponse]]:
+        """Ends a session's live interpreters (see StartExecution.keep_state) and
+        keeps its files. FAILED_PRECONDITION while a keep_state execution runs.
+        """
 
 def add_SandboxServicer_to_server(servicer: SandboxServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,6 +28,7 @@ const outFd = reopen(process.argv[3], fs.constants.O_WRONLY);
 const pending = new Map();
 let nextId = 0;
 let closedReason = null;
+let live = false; // a session's live interpreter (keep_state): stays for the next start
 
 // Writes are synchronous (a blocking pipe) so that a result is delivered even
 // if the code exits right after.
@@ -57,7 +58,7 @@ socket.on('data', (chunk) => {
     const waiter = pending.get(message.id);
     if (waiter) {
       pending.delete(message.id);
-      if (pending.size === 0) socket.unref();
+      if (pending.size === 0 && !live) socket.unref();
       waiter(message);
     }
   }
@@ -137,7 +138,7 @@ function reportError(err) {
   try {
     send({ type: 'error', message: text });
   } catch {}
-  process.exit(1);
+  if (!live) process.exit(1); // a live interpreter outlives an error of its code
 }
 
 // After the last 'exit' listener (the code's own included): send the exit
@@ -164,6 +165,7 @@ process.emit = function (event, ...args) {
 
 process.on('uncaughtException', reportError);
 process.on('unhandledRejection', reportError);
+send({ type: 'ready' });
 
 socket.unref();
 socket.ref(); // until the start message arrives
@@ -182,7 +184,83 @@ function removeModule(modulePath) {
     fs.unlinkSync(modulePath);
   } catch {}
 }
+// -- a session's live interpreter (keep_state) ---------------------------------
+// Each execution is evaluated through the in-process inspector in V8's REPL
+// mode: top-level let/const/class/function stay on the one global scope, may be
+// declared again (as in a browser console), and top-level await works. Between
+// executions the server stops this process and wakes it with the next start.
+let inspectorSession = null;
+let evaluation = null; // the running one: { token, finish }
+let evaluations = 0;
+
+function evaluationError(details) {
+  const exception = details.exception || {};
+  const text = exception.description ?? (exception.value !== undefined ? String(exception.value) : details.text);
+  return withoutPreludeFrames(String(text))
+    .split('\n')
+    .filter((line) => !line.includes('node:inspector'))
+    .join('\n');
+}
+
+function evaluate(code) {
+  const token = ++evaluations;
+  return new Promise((resolve) => {
+    evaluation = { token, finish: resolve };
+    const params = { expression: code, replMode: true, awaitPromise: true };
+    inspectorSession.post('Runtime.evaluate', params, (err, reply) => {
+      if (!evaluation || evaluation.token !== token) return; // interrupted meanwhile
+      evaluation = null;
+      if (err) {
+        reportError(err);
+        resolve({ code: 1, interrupted: false });
+      } else if (reply.exceptionDetails) {
+        const text = evaluationError(reply.exceptionDetails);
+        process.stderr.write(text + '\n');
+        send({ type: 'error', message: text });
+        resolve({ code: 1, interrupted: false });
+      } else {
+        resolve({ code: 0, interrupted: false });
+      }
+    });
+  });
+}
+
+// The server's SIGINT (timeout, cancel): stop waiting for the running
+// evaluation. Its pending callbacks stay, and run when the code next runs. A
+// synchronous loop never gets here: the server kills the interpreter instead.
+function interrupt() {
+  const current = evaluation;
+  if (!current) return;
+  evaluation = null;
+  process.stderr.write('Interrupted\n');
+  current.finish({ code: 1, interrupted: true });
+}
+
+async function runLive(start) {
+  if (inspectorSession === null) {
+    live = true;
+    socket.ref(); // the next start message keeps the process alive
+    inspectorSession = new (require('inspector').Session)();
+    inspectorSession.connect();
+    process.on('SIGINT', interrupt);
+  }
+  Object.assign(process.env, start.env);
+  Object.assign(globalThis, {
+    callTool,
+    callToolsParallel,
+    setResult,
+    installPackage,
+    require: createRequire(start.module),
+  });
+  const { code, interrupted } = await evaluate(start.code);
+  send({ type: 'idle', code: code & 0xff, interrupted });
+}
+
 onStart = (start) => {
+  if (start.keep_state || live) {
+    runLive(start);
+    return;
+  }
   socket.unref();
   Object.assign(process.env, start.env); // the request's own variables
   const modulePath = start.module;

@@ -49,18 +49,36 @@ class _Replies:
         self._next_id = 0
         self._thread = None
         self._closed = None
+        self._starts = None  # a live interpreter's next start messages (queue.Queue)
 
     def new_id(self):
         with self._lock:
             self._next_id += 1
             call_id = str(self._next_id)
             self._waiting[call_id] = [threading.Event(), None]
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._read, name="oasis-channel", daemon=True
-                )
-                self._thread.start()
+            self._ensure_reader()
             return call_id
+
+    def _ensure_reader(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name="oasis-channel", daemon=True)
+            self._thread.start()
+
+    def accept_starts(self):
+        """From now on the reader thread owns the channel and queues start messages
+        (a live interpreter's next executions)."""
+        import queue
+
+        with self._lock:
+            if self._starts is None:
+                self._starts = queue.Queue()
+            self._ensure_reader()
+
+    def next_start(self):
+        start = self._starts.get()
+        if start is None:
+            raise SystemExit(0)  # the channel closed: the state is over
+        return start
 
     def wait(self, call_id):
         slot = self._waiting[call_id]
@@ -81,6 +99,9 @@ class _Replies:
             for line in _reader:
                 reply = json.loads(line)
                 with self._lock:
+                    if reply.get("type") == "start" and self._starts is not None:
+                        self._starts.put(reply)
+                        continue
                     slot = self._waiting.get(reply.get("id"))
                 if slot is not None:
                     slot[1] = reply
@@ -91,6 +112,8 @@ class _Replies:
             self._closed = reason
             for slot in self._waiting.values():
                 slot[0].set()
+            if self._starts is not None:
+                self._starts.put(None)
 
 
 _replies = _Replies()
@@ -236,32 +259,36 @@ def _warm_up():
     json.loads(json.dumps({"type": "result", "output": namespace["value"], "files": []}))
 
 
-def _run():
-    # Before the start message: a process may be started ahead of its request.
-    _matplotlib_config()
-    _warm_up()
-    start = json.loads(_reader.readline())
+def _begin(start):
+    """Apply a start message's variables and import paths."""
     os.environ.update(start["env"])  # the request's own variables (MPLCONFIGDIR wins)
     sys.path.extend(p for p in start["sys_path"] if p not in sys.path)
-    sys.argv = [""]
+
+
+def _new_main():
     main = type(sys)("__main__")
+    sys.modules["__main__"] = main
+    return main
+
+
+def _execute(source, main):
+    """Run one execution's code in `main`'s namespace; returns its exit code and
+    whether it ended with KeyboardInterrupt (the server's interrupt, for a live one)."""
     main.__dict__.update(
         call_tool=call_tool,
         call_tools_parallel=call_tools_parallel,
         set_result=set_result,
         install_package=install_package,
     )
-    sys.modules["__main__"] = main
-    source = start["code"]
     filename = "<code>"
     try:
         exec(compile(source, filename, "exec"), main.__dict__)
     except SystemExit as exc:
         code = exc.code
         if code is None or isinstance(code, int):
-            return code or 0
+            return code or 0, False
         print(code, file=sys.stderr)
-        return 1
+        return 1, False
     except BaseException as exc:
         import linecache
         import traceback
@@ -275,8 +302,58 @@ def _run():
         text = "".join(report.format())
         sys.stderr.write(text)
         _send({"type": "error", "message": text})
-        return 1
-    return 0
+        return 1, isinstance(exc, KeyboardInterrupt)
+    return 0, False
+
+
+def _run():
+    # Before the start message: a process may be started ahead of its request.
+    _matplotlib_config()
+    _warm_up()
+    _send({"type": "ready"})
+    start = json.loads(_reader.readline())
+    _begin(start)
+    sys.argv = [""]
+    main = _new_main()
+    if start.get("keep_state"):
+        _keep_state(start, main)  # never returns: the interpreter ends by a kill
+    return _execute(start["code"], main)[0]
+
+
+# -- a session's live interpreter (keep_state) ----------------------------------
+
+_running = False
+"""An execution's code runs: the server's SIGINT (timeout, cancel) interrupts it."""
+
+
+def _on_interrupt(signum, frame):
+    # A SIGINT racing with the end of the code must not break this prelude.
+    if _running:
+        raise KeyboardInterrupt
+
+
+def _keep_state(start, main):
+    """Run each execution of the session in `main`; between them the server stops
+    this process, and wakes it with the next start message."""
+    import contextlib
+    import signal
+
+    global _running
+    _replies.accept_starts()  # before the first idle: the next start may follow at once
+    while True:
+        signal.signal(signal.SIGINT, _on_interrupt)  # the code may have changed it
+        _running = True
+        try:
+            code, interrupted = _execute(start["code"], main)
+        except KeyboardInterrupt:  # raised between the code's end and the flag
+            code, interrupted = 1, True
+        _running = False
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        _send({"type": "idle", "code": code & 0xFF, "interrupted": interrupted})
+        start = _replies.next_start()
+        _begin(start)
 
 
 def report_exit(code):

@@ -1,0 +1,311 @@
+"""Live interpreters: a session's Python or Node.js process kept between its
+keep_state executions, so that variables, imports and open objects persist.
+
+A live interpreter is an ordinary run's process (same uid, namespaces,
+seccomp, rlimits and session cgroup) whose prelude, told `keep_state`, waits
+for the next start message instead of exiting. Between executions nothing of
+it runs: the interpreter is stopped (SIGSTOP; the code's own processes cannot
+send it SIGCONT, since they are killed), and every other process of its run
+cgroup is killed when an execution ends. Which processes are the
+interpreter's own (its supervisors and itself) is read from the run cgroup
+once, when the prelude says it is ready and before any code has run.
+
+`LiveStates` holds them per (session, runtime): at most one execution in each
+at a time, at most `max_states` at once (the least recently used ends first),
+and each ended after `idle` seconds without an execution. Why a state ended
+is kept, so the session's next keep_state execution can say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import resource
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cgroups import RunGroup, Usage
+from .errors import Code, RequestError
+from .prestart import Launched
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+"""(session id, runtime name)"""
+
+_STOP_WAIT = 0.1
+"""Seconds to wait for every thread of a stopped interpreter to stop."""
+_REMEMBERED_LOSSES = 10_000
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class StatefulInfo:
+    """What GetInfo reports of live interpreters."""
+
+    enabled: bool
+    reason: str
+    max_states: int
+    idle: float
+    live: int
+
+
+@dataclass(eq=False)
+class LiveState:
+    """One session's live interpreter of one runtime."""
+
+    key: Key
+    path: Path
+    """The session's workspace (the state ends when it goes)."""
+    launched: Launched
+    group: RunGroup
+    pidfd: int
+    """The interpreter itself (a pidfd names it even once its pid is reused)."""
+    pid: int
+    keep: frozenset[int]
+    """Its supervisors and itself: the processes of the run cgroup that are not the code's."""
+    last_used: float = field(default_factory=time.monotonic)
+    executions: int = 0
+
+    @classmethod
+    def adopt(cls, key: Key, path: Path, launched: Launched) -> LiveState:
+        """Take a started process whose prelude said it is ready (no code has run
+        in it yet): what its run cgroup holds now is the interpreter's own."""
+        assert launched.group is not None
+        keep = frozenset(launched.group.procs())
+        pid = _youngest(keep)  # started after its supervisors
+        pidfd = os.pidfd_open(pid)
+        return cls(key, path, launched, launched.group, pidfd, pid, keep)
+
+    @property
+    def alive(self) -> bool:
+        return self.launched.alive
+
+    def resume(self, cpu_limit: float) -> Usage:
+        """Let it run again, with `cpu_limit` seconds of CPU for this execution
+        (RLIMIT_CPU counts a process's whole life); what the run used so far."""
+        self.group.rebase()
+        used = _cpu_seconds(self.pid)
+        if used is not None:
+            soft = math.ceil(used + cpu_limit)
+            with contextlib.suppress(OSError):
+                # SIGXCPU at the soft limit, SIGKILL a second later (as oasis-init sets it).
+                resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, soft + 1))
+        before = self.group.usage()
+        self._signal(signal.SIGCONT)
+        return before
+
+    def interrupt(self) -> None:
+        """SIGINT: KeyboardInterrupt in Python; Node.js stops waiting for the evaluation."""
+        self._signal(signal.SIGINT)
+
+    async def suspend(self) -> None:
+        """Stop the interpreter (every thread), then kill the code's other processes."""
+        self._signal(signal.SIGSTOP)
+        deadline = time.monotonic() + _STOP_WAIT
+        while not _stopped(self.pid) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)  # no event tells when a signal has stopped a thread
+        # With the interpreter stopped, nothing forks new ones meanwhile.
+        self.group.kill_others(self.keep)
+        self.last_used = time.monotonic()
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, sig)
+
+    async def end(self) -> None:
+        """Kill the interpreter and its run (SIGKILL reaches a stopped process too)."""
+        try:
+            await self.launched.discard()
+        finally:
+            if self.pidfd >= 0:
+                os.close(self.pidfd)
+                self.pidfd = -1
+
+
+class LiveStates:
+    def __init__(self, *, enabled: bool, reason: str, max_states: int, idle: float) -> None:
+        self.enabled = enabled
+        self.reason = reason
+        """Why keep_state is refused, when not `enabled`."""
+        self._max = max_states
+        self._idle = idle
+        self._states: OrderedDict[Key, LiveState] = OrderedDict()
+        """Least recently used first."""
+        self._busy: dict[Key, str] = {}
+        """The execution running in each state (or about to make it)."""
+        self._lost: OrderedDict[Key, str] = OrderedDict()
+        self._ending: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def open(self) -> None:
+        if self.enabled:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="state-sweeper")
+
+    def info(self) -> StatefulInfo:
+        return StatefulInfo(self.enabled, self.reason, self._max, self._idle, len(self._states))
+
+    # -- one execution's turn ---------------------------------------------------
+
+    def reserve(self, key: Key, execution_id: str) -> None:
+        """Claim the state of `key` for one execution; RequestError when it cannot run."""
+        if not self.enabled:
+            raise RequestError(
+                Code.FAILED_PRECONDITION, f"keep_state is not available: {self.reason}"
+            )
+        running = self._busy.get(key)
+        if running is not None:
+            raise RequestError(
+                Code.FAILED_PRECONDITION,
+                f"session {key[0]!r} is busy: execution {running!r} is running in its live "
+                f"{key[1]} interpreter; send the next keep_state execution after it ends",
+            )
+        self._busy[key] = execution_id
+
+    def free(self, key: Key, execution_id: str) -> None:
+        """The execution is over with the state (idempotent)."""
+        if self._busy.get(key) == execution_id:
+            del self._busy[key]
+
+    def take(self, key: Key) -> tuple[LiveState | None, str]:
+        """The live state of `key`, or None and why the last one ended ("" if never made)."""
+        state = self._states.get(key)
+        if state is not None and not state.alive:
+            self._forget(key, "the interpreter exited between executions")
+            self._end_later(state)
+            state = None
+        if state is not None:
+            self._states.move_to_end(key)
+            return state, ""
+        return None, self._lost.pop(key, "")
+
+    def add(self, state: LiveState) -> None:
+        """Register a new live state, ending the least recently used beyond the cap."""
+        while len(self._states) >= self._max:
+            victim = next((k for k in self._states if k not in self._busy), None)
+            if victim is None:
+                raise RequestError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"all {self._max} live interpreters are running executions "
+                    "(SANDBOX_MAX_STATES); retry later",
+                )
+            self._end_later(
+                self._forget(
+                    victim,
+                    f"it was ended to make room: at most {self._max} live interpreters are "
+                    "kept (SANDBOX_MAX_STATES), and this one was the least recently used",
+                )
+            )
+        self._states[state.key] = state
+
+    async def end(self, key: Key, reason: str) -> bool:
+        """End the live state of `key`; False when there was none."""
+        state = self._states.get(key)
+        if state is None:
+            return False
+        await self._forget(key, reason).end()
+        return True
+
+    # -- whole sessions ---------------------------------------------------------
+
+    async def reset(self, session_id: str) -> bool:
+        """End the session's live states (its files stay); False when it had none."""
+        keys = [key for key in self._states if key[0] == session_id]
+        for key in keys:
+            if key in self._busy:
+                raise RequestError(
+                    Code.FAILED_PRECONDITION,
+                    f"session {session_id!r} is busy: execution {self._busy[key]!r} runs in its "
+                    "live interpreter; reset it after the execution ends",
+                )
+        ended = [await self.end(key, "it was reset (ResetState)") for key in keys]
+        return any(ended)
+
+    async def release_workspace(self, path: Path) -> None:
+        """The workspace at `path` goes away: its states end first."""
+        keys = [key for key, state in self._states.items() if state.path == path]
+        for key in keys:
+            await self.end(key, "the session's workspace was removed (deleted or expired)")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        states = list(self._states.values())
+        self._states.clear()
+        await asyncio.gather(*(state.end() for state in states), return_exceptions=True)
+        await asyncio.gather(*self._ending, return_exceptions=True)
+
+    # -- ending ------------------------------------------------------------------
+
+    def _forget(self, key: Key, reason: str) -> LiveState:
+        state = self._states.pop(key)
+        self._lost[key] = reason
+        self._lost.move_to_end(key)
+        while len(self._lost) > _REMEMBERED_LOSSES:
+            self._lost.popitem(last=False)
+        log.info("live %s interpreter of session %s ended: %s", key[1], key[0], reason)
+        return state
+
+    def lose(self, key: Key, state: LiveState, reason: str) -> None:
+        """A state that died or was killed during an execution (its run ends it)."""
+        if self._states.get(key) is state:
+            self._forget(key, reason)
+
+    def _end_later(self, state: LiveState) -> None:
+        task = asyncio.create_task(state.end(), name=f"end-state-{state.key[0]}")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _sweep_forever(self) -> None:
+        interval = min(max(self._idle / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for key, state in list(self._states.items()):
+                if key not in self._busy and now - state.last_used >= self._idle:
+                    reason = f"it was idle for {self._idle:g} s (SANDBOX_STATE_IDLE)"
+                    self._end_later(self._forget(key, reason))
+
+
+def _youngest(pids: frozenset[int]) -> int:
+    return max(pids, key=_start_time)
+
+
+def _start_time(pid: int) -> int:
+    return int(_stat_fields(pid)[19])
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time of the process (all its threads), as RLIMIT_CPU counts it."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): field 3 onwards."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        text = stat.read().decode()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped."""
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as stat:
+                text = stat.read().decode()
+            if text[text.rindex(")") + 2] not in "Tt":
+                return False
+    except (OSError, ValueError):
+        return True  # gone: nothing of it runs
+    return True
