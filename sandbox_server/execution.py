@@ -272,7 +272,7 @@ class Execution:
                         )
                     )
                     self._workspace, self._uid, self._lease = lease.path, lease.uid, lease
-                    if spares is not None and session_id and state is None:
+                    if spares is not None and session_id and self.state_key is None:
                         self._spare = await spares.take(self._runtime, lease)
                     self._workspace_ready.set()
                     result = await self._prepare_and_execute(lease.path, state, lost)
@@ -712,8 +712,8 @@ class _LiveRun(_Run):
                 state = self.state = await self._new_state(deadline)
             else:
                 self.channel.attach(state.launched.pipes)
-            before = state.resume(ex._config.limits.cpu_time)
-            ending = await self._run_code(state, deadline)
+            before = state.resume()
+            ending = await self._run_code(state, deadline, before)
             if ending is None:  # idle: the interpreter keeps its state
                 await state.suspend()
                 await self._drained(state.launched.process)
@@ -722,19 +722,19 @@ class _LiveRun(_Run):
                 usage = dataclasses.replace(usage, cpu_time=usage.cpu_time - before.cpu_time)
                 result = await self._result(self.exit_report, self.timed_out, usage)
                 self.states.free(self.key, ex.execution_id)
-                return dataclasses.replace(result, state_kept=True)
+                notes = []
+                if self.timed_out or self.stopped:
+                    notes.append("the code was interrupted, and the interpreter keeps its state")
+                return self._with_notes(dataclasses.replace(result, state_kept=True), notes)
             self.states.lose(self.key, state, ending)
             process = state.launched.process
             await process.kill()
             await asyncio.wait(self.pumps[:2], timeout=_DRAIN_AFTER_EXIT)
             usage = await state.group.finish()
-            result = await self._result(
-                process.returncode if not self.stopped else -1, self.timed_out, usage
-            )
-            error = "\n".join(
-                filter(None, [result.error, f"The interpreter's state is lost: {ending}."])
-            )
-            return dataclasses.replace(result, error=_clip(error, MAX_ERROR))
+            # Killed for its CPU time, it is reported as the rlimit would have ended it.
+            code = -signal.SIGXCPU if self.cpu_exceeded else process.returncode
+            result = await self._result(code, self.timed_out, usage)
+            return self._with_notes(result, [f"the interpreter's state is lost: {ending}"])
         finally:
             for task in self.pumps:
                 task.cancel()
@@ -745,6 +745,19 @@ class _LiveRun(_Run):
                 await asyncio.shield(state.end())
             self.states.free(self.key, ex.execution_id)
 
+    def _with_notes(self, result: Result, notes: list[str]) -> Result:
+        """The result, its error saying what became of the state (and, when the code
+        failed in a fresh interpreter, why the earlier state was gone)."""
+        if result.status is not Status.OK and self.lost:
+            notes.append(
+                f"this execution started with an empty interpreter: the session's earlier "
+                f"state is gone ({self.lost})"
+            )
+        if not notes:
+            return result
+        error = "\n".join(filter(None, [result.error, *(f"Note: {note}." for note in notes)]))
+        return dataclasses.replace(result, error=_clip(error, MAX_ERROR))
+
     async def _notice(self, text: str) -> None:
         live = self.logs.add(Stream.STDERR, text.encode())
         if live:
@@ -754,23 +767,16 @@ class _LiveRun(_Run):
         """A process for the session's interpreter, taken over once its prelude is ready."""
         ex = self.ex
         assert ex._lease is not None
-        launched = ex._spare
-        if launched is not None and not (
-            ex._spares is not None and ex._spares.usable(ex._runtime, ex._lease, launched)
-        ):
-            ex._spare = None
-            await launched.discard()
-            launched = None
-        if launched is not None:
-            ex._spare = None
-        else:
-            launched = await launch(
-                runtime=ex._runtime,
-                launcher=ex._launcher,
-                workspaces=ex._workspaces,
-                workspace=ex._lease,
-                env=ex.spec.env,
-            )
+        # Not a spare: those have the per-execution RLIMIT_CPU, which would count
+        # the interpreter's whole life. `_watch_cpu` holds each execution to it.
+        launched = await launch(
+            runtime=ex._runtime,
+            launcher=ex._launcher,
+            workspaces=ex._workspaces,
+            workspace=ex._lease,
+            env=ex.spec.env,
+            cpu_time=_LIVE_CPU_RLIMIT,
+        )
         try:
             if launched.group is None:
                 raise RuntimeError("a live interpreter needs a run cgroup")
@@ -792,7 +798,7 @@ class _LiveRun(_Run):
     timed_out = False
     stopped = False
 
-    async def _run_code(self, state: LiveState, deadline: float) -> str | None:
+    async def _run_code(self, state: LiveState, deadline: float, before: Usage) -> str | None:
         """Run the code; None when the interpreter is idle again, else why it must end."""
         ex = self.ex
         process = state.launched.process
@@ -802,6 +808,7 @@ class _LiveRun(_Run):
             asyncio.create_task(self._pump(process.stderr, Stream.STDERR), name=f"stderr-{name}"),
             asyncio.create_task(self._serve_channel(), name=f"channel-{name}"),
         ]
+        self._spawn(self._watch_cpu(state, before), "cpu")
         try:
             self.channel.send(
                 ex._runtime.start_message(
@@ -812,6 +819,8 @@ class _LiveRun(_Run):
             if end == "idle":
                 return None
             if end == "exit":
+                if self.cpu_exceeded:
+                    return f"it used more than the {_seconds(ex._config.limits.cpu_time)} s of CPU time an execution may use"
                 return _exit_reason(await process.wait())
             # A timeout or a stop: interrupt, and keep the state if the code stops in time.
             self.timed_out, self.stopped = end == "timeout", end == "stop"
@@ -827,6 +836,16 @@ class _LiveRun(_Run):
             for task in [self.pumps[2], *self.side_tasks]:
                 task.cancel()
             await asyncio.gather(self.pumps[2], *self.side_tasks, return_exceptions=True)
+
+    async def _watch_cpu(self, state: LiveState, before: Usage) -> None:
+        """Kill the interpreter once this execution's CPU time passes the limit."""
+        limit = self.ex._config.limits.cpu_time
+        while state.group.usage().cpu_time - before.cpu_time <= limit:  # noqa: ASYNC110
+            await asyncio.sleep(_CPU_WATCH_INTERVAL)  # the kernel signals nothing at a count
+        self.cpu_exceeded = True
+        await state.launched.process.kill()
+
+    cpu_exceeded = False
 
     async def _until(self, process: Process, deadline: float) -> str:
         """Wait for "idle", "exit", "stop" or "timeout" (whichever comes first)."""
@@ -876,6 +895,9 @@ class _LiveRun(_Run):
         )
 
 
+_LIVE_CPU_RLIMIT = 10**8
+"""A live interpreter's RLIMIT_CPU (seconds): its whole life, so in effect none."""
+_CPU_WATCH_INTERVAL = 0.1
 _INTERRUPT_GRACE = 2.0
 """Seconds interrupted code of a live interpreter gets to stop before it is killed."""
 _DRAIN_ROUNDS = 500

@@ -115,9 +115,11 @@ class Policy:
         memory: int | None,
         netns_fd: int | None = None,
         tmp_size: int | None = None,
+        cpu_time: float | None = None,
     ) -> list[str]:
         """`netns_fd`: join this network namespace (a session's egress network);
-        without it the code gets the host's network (HOST) or its own loopback."""
+        without it the code gets the host's network (HOST) or its own loopback.
+        `cpu_time`: RLIMIT_CPU in seconds, when not the per-execution limit."""
         args: list[str] = ["--pidns"] if self.pid_namespace else []
         if self.level is Level.NONE:
             return args
@@ -136,7 +138,7 @@ class Policy:
         if uid is not None:
             args += ["--uid", str(uid), "--gid", str(uid), "--init-uid", str(INIT_UID)]
         args += [
-            "--rlimit", f"cpu={max(int(limits.cpu_time), 1)}",
+            "--rlimit", f"cpu={max(int(cpu_time or limits.cpu_time), 1)}",
             "--rlimit", f"nproc={limits.processes}",
             "--rlimit", f"nofile={limits.open_files}",
             "--rlimit", f"fsize={limits.file_size}",

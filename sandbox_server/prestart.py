@@ -81,12 +81,14 @@ async def launch(
     workspaces: Workspaces,
     workspace: Workspace,
     env: Mapping[str, str] | None = None,
+    cpu_time: float | None = None,
 ) -> Launched:
     """Start `runtime`'s prelude for one run in `workspace`; it waits for its start message.
 
     `env`: the request's variables, when it is known (they travel in the start
     message too; given here, they also hold for the interpreter's own start, as
-    LD_LIBRARY_PATH or LC_ALL must)."""
+    LD_LIBRARY_PATH or LC_ALL must). `cpu_time`: RLIMIT_CPU, when not the
+    per-execution limit."""
     # The channel is a pair of pipes rather than a socket: a runtime can
     # reopen a pipe through /proc/self/fd as close-on-exec and close the
     # inherited number, so the code's child processes never get it (Node
@@ -111,6 +113,7 @@ async def launch(
                 memory=runtime.address_space,
                 netns_fd=network.fd if network else None,
                 cgroups=group.folders if group else (),
+                cpu_time=cpu_time,
                 warm=WarmStart(
                     runtime=runtime.name,
                     channel=theirs,

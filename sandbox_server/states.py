@@ -14,6 +14,12 @@ once, when the prelude says it is ready and before any code has run.
 at a time, at most `max_states` at once (the least recently used ends first),
 and each ended after `idle` seconds without an execution. Why a state ended
 is kept, so the session's next keep_state execution can say so.
+
+RLIMIT_CPU counts a process's whole life, and the server may not change the
+limits of another user's process here (no CAP_SYS_RESOURCE in every
+container): a live interpreter is started without a CPU rlimit worth the
+name, and its executions (execution.py) are each held to SANDBOX_CPU_TIME by
+watching the run cgroup's CPU time.
 """
 
 from __future__ import annotations
@@ -21,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
-import resource
 import signal
 import time
 from collections import OrderedDict
@@ -42,7 +46,6 @@ Key = tuple[str, str]
 _STOP_WAIT = 0.1
 """Seconds to wait for every thread of a stopped interpreter to stop."""
 _REMEMBERED_LOSSES = 10_000
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class LiveState:
         in it yet): what its run cgroup holds now is the interpreter's own."""
         assert launched.group is not None
         keep = frozenset(launched.group.procs())
-        pid = _youngest(keep)  # started after its supervisors
+        pid = _interpreter(launched.process.pid, keep)
         pidfd = os.pidfd_open(pid)
         return cls(key, path, launched, launched.group, pidfd, pid, keep)
 
@@ -87,16 +90,9 @@ class LiveState:
     def alive(self) -> bool:
         return self.launched.alive
 
-    def resume(self, cpu_limit: float) -> Usage:
-        """Let it run again, with `cpu_limit` seconds of CPU for this execution
-        (RLIMIT_CPU counts a process's whole life); what the run used so far."""
+    def resume(self) -> Usage:
+        """Let it run again; what its run has used so far."""
         self.group.rebase()
-        used = _cpu_seconds(self.pid)
-        if used is not None:
-            soft = math.ceil(used + cpu_limit)
-            with contextlib.suppress(OSError):
-                # SIGXCPU at the soft limit, SIGKILL a second later (as oasis-init sets it).
-                resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, soft + 1))
         before = self.group.usage()
         self._signal(signal.SIGCONT)
         return before
@@ -274,21 +270,20 @@ class LiveStates:
                     self._end_later(self._forget(key, reason))
 
 
-def _youngest(pids: frozenset[int]) -> int:
-    return max(pids, key=_start_time)
-
-
-def _start_time(pid: int) -> int:
-    return int(_stat_fields(pid)[19])
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """CPU time of the process (all its threads), as RLIMIT_CPU counts it."""
-    try:
-        fields = _stat_fields(pid)
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+def _interpreter(started: int, keep: frozenset[int]) -> int:
+    """The end of the chain of `keep` processes from the one the launcher started:
+    oasis-init, the pid namespace's init, the interpreter (a warm child is itself
+    the end). Start times cannot tell them apart: they count in 10 ms ticks."""
+    parents = {pid: int(_stat_fields(pid)[1]) for pid in keep}
+    current = started
+    for _ in range(len(keep)):
+        children = [pid for pid, parent in parents.items() if parent == current]
+        if len(children) != 1:
+            break
+        current = children[0]
+    if current not in keep:
+        raise OSError(f"the interpreter started as {started} is not in its run's cgroup")
+    return current
 
 
 def _stat_fields(pid: int) -> list[str]:

@@ -71,6 +71,8 @@ class LaunchSpec:
     """Size of the private /tmp, when not the policy's."""
     warm: WarmStart | None = None
     """Set when a warm process of this runtime may serve the start (SANDBOX_LAUNCHER=warm)."""
+    cpu_time: float | None = None
+    """RLIMIT_CPU in seconds, when not the per-execution limit (a live interpreter's)."""
 
 
 class IsolationUnavailable(StartError):
@@ -239,6 +241,7 @@ class Launcher:
             memory=memory,
             netns_fd=None if enter else spec.netns_fd,
             tmp_size=spec.tmp_size,
+            cpu_time=spec.cpu_time,
         )
         for folder in spec.cgroups:
             args += ["--cgroup", folder]

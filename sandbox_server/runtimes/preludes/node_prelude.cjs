@@ -253,6 +253,9 @@ async function runLive(start) {
     require: createRequire(start.module),
   });
   const { code, interrupted } = await evaluate(start.code);
+  // Writes to a full pipe wait in Node: the output must be out before "idle",
+  // after which this process is stopped.
+  await Promise.all([process.stdout, process.stderr].map((stream) => new Promise((resolve) => stream.write('', resolve))));
   send({ type: 'idle', code: code & 0xff, interrupted });
 }
 

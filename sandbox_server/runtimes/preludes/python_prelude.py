@@ -94,6 +94,11 @@ class _Replies:
             self._waiting.pop(call_id, None)
 
     def _read(self):
+        import signal
+
+        # The server's SIGINT must reach the main thread: one taken by this thread
+        # would not wake the code from a sleep (a live interpreter's interrupt).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         reason = "the channel was closed"
         try:
             for line in _reader:
