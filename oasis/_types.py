@@ -43,6 +43,9 @@ class CodeRequest:
     """Empty: a one-off workspace. Otherwise files and packages persist across runs."""
     files: list[CodeFile] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    keep_state: bool = False
+    """Run in the session's live interpreter (needs session_id): variables, imports and
+    functions of its earlier keep_state runs are there, and this run's stay for the next."""
 
 
 @dataclass(kw_only=True)
@@ -61,6 +64,14 @@ class CodeResult:
     cpu_time: float = 0.0
     """Seconds of CPU time the code's processes used; 0 when the server cannot measure it."""
     execution_id: str = ""
+    state_kept: bool = False
+    """keep_state: the session's interpreter survived, so the next keep_state run finds
+    this one's variables (False after a kill, or for a run without keep_state)."""
+    fresh_state: bool = False
+    """keep_state: the run started with an empty interpreter."""
+    fresh_state_reason: str = ""
+    """Why an earlier state was gone (reset, idle, evicted, killed...); "" when there
+    never was one."""
 
     @property
     def ok(self) -> bool:

@@ -35,6 +35,7 @@ class _SpecAgent:
         max_iterations: int,
         code_timeout: float | None,
         max_code_logs: int,
+        keep_state: bool,
     ) -> None:
         check_common(owner, name, description, provider, max_iterations)
         self._spec = AgentSpec(
@@ -49,6 +50,7 @@ class _SpecAgent:
                 code_timeout=code_timeout,
                 max_code_logs=max_code_logs,
                 plan_execution=plan_execution,
+                keep_state=keep_state,
             ),
             prompt=prompt,
             max_iterations=max_iterations,
@@ -101,6 +103,7 @@ class LLMAgent(_SpecAgent):
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
         code_timeout: float | None = None,
         max_code_logs: int = DEFAULT_MAX_CODE_LOGS,
+        keep_state: bool = False,
     ) -> None:
         """
         Args:
@@ -111,12 +114,15 @@ class LLMAgent(_SpecAgent):
             max_iterations: LLM requests per task before the run stops without an answer.
             code_timeout: seconds per execution; None uses the runner's default.
             max_code_logs: characters of an execution's logs the LLM is shown (the tail).
+            keep_state: a task's executions share a live interpreter (one per runtime) in
+                the task's session, so variables, imports and functions persist between
+                them; the LLM is told so. They then run one at a time.
         """
         super().__init__(
             f"agent {name!r}", name, description, provider,
             tools=tools, agents=(), code_runner=code_runner, plan_execution=plan_execution,
             prompt=prompt, max_iterations=max_iterations, code_timeout=code_timeout,
-            max_code_logs=max_code_logs,
+            max_code_logs=max_code_logs, keep_state=keep_state,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -144,13 +150,14 @@ class Network(_SpecAgent):
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
         code_timeout: float | None = None,
         max_code_logs: int = DEFAULT_MAX_CODE_LOGS,
+        keep_state: bool = False,
     ) -> None:
         self.agents = tuple(agents)
         super().__init__(
             f"network {name!r}", name, description, router_provider,
             tools=tools, agents=self.agents, code_runner=code_runner,
             plan_execution=plan_execution, prompt=prompt, max_iterations=max_iterations,
-            code_timeout=code_timeout, max_code_logs=max_code_logs,
+            code_timeout=code_timeout, max_code_logs=max_code_logs, keep_state=keep_state,
         )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -45,6 +45,7 @@ class Toolset:
         code_timeout: float | None,
         max_code_logs: int,
         plan_execution: bool,
+        keep_state: bool = False,
     ) -> Toolset:
         by_name: dict[str, Tool] = {}
         for item in tools:
@@ -81,6 +82,11 @@ class Toolset:
             by_agent[delegate.name] = delegate
         callable_names = [*by_name, *by_agent]
         code = None
+        if keep_state and code_runner is None:
+            raise AgentDefinitionError(
+                f"{owner}: keep_state=True needs a code_runner: it keeps execute_code's "
+                "variables between executions"
+            )
         if code_runner is not None:
             if not isinstance(code_runner, CodeRunner):
                 raise AgentDefinitionError(
@@ -92,6 +98,7 @@ class Toolset:
                 timeout=code_timeout,
                 max_logs=max_code_logs,
                 tool_names=callable_names,
+                keep_state=keep_state,
             )
         plan = None
         if plan_execution:

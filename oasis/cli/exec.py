@@ -56,6 +56,12 @@ def add_parser(commands: Any) -> None:
         "--session", default="", metavar="ID", help="run in this session's workspace"
     )
     parser.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="run in the session's live interpreter: variables of earlier --keep-state runs "
+        "are there, and this run's stay (needs --session)",
+    )
+    parser.add_argument(
         "--file",
         dest="files",
         action="append",
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         code = getattr(exc, "code", "")
         print(f"oasis-sandbox exec: {code + ': ' if code else ''}{exc}", file=sys.stderr)
         return 2
-    all_saved = _report(result, args.out, force=args.force)
+    all_saved = _report(result, args.out, force=args.force, keep_state=args.keep_state)
     if not result.ok:
         return 1
     return 0 if all_saved else 3
@@ -154,6 +160,8 @@ def _connection(args: argparse.Namespace) -> GrpcOptions:
 
 
 def _request(args: argparse.Namespace) -> CodeRequest:
+    if args.keep_state and not args.session:
+        raise ValueError("--keep-state needs --session ID: the live interpreter is the session's")
     if args.source == "-":
         raw, name = sys.stdin.buffer.read(), "stdin"
         runtime = args.runtime or "python"
@@ -167,7 +175,12 @@ def _request(args: argparse.Namespace) -> CodeRequest:
         raise ValueError(f"{name} is not UTF-8 text (invalid byte at offset {exc.start})") from None
     files = [CodeFile(name=Path(p).name, data=Path(p).read_bytes()) for p in args.files]
     return CodeRequest(
-        code=code, runtime=runtime, session_id=args.session, timeout=args.timeout, files=files
+        code=code,
+        runtime=runtime,
+        session_id=args.session,
+        timeout=args.timeout,
+        files=files,
+        keep_state=args.keep_state,
     )
 
 
@@ -190,17 +203,24 @@ async def _execute(target: str, request: CodeRequest, options: GrpcOptions) -> C
     raise AssertionError("the stream ended without a result")
 
 
-def _report(result: CodeResult, out: Path | None, *, force: bool) -> bool:
+def _report(result: CodeResult, out: Path | None, *, force: bool, keep_state: bool = False) -> bool:
     """Print the outcome and save the files; False when --out was given and a file was not saved."""
     if result.output is not None:
         print(json.dumps(result.output, indent=2, ensure_ascii=False))
     sys.stdout.flush()
     note = " (logs truncated)" if result.logs_truncated else ""
+    if keep_state:
+        note += " · state kept" if result.state_kept else " · state lost"
     print(
         f"[oasis] {result.status.value} · exit code {result.exit_code} · "
         f"{result.duration:.2f} s{note}",
         file=sys.stderr,
     )
+    if result.fresh_state_reason:
+        print(
+            f"[oasis] started with an empty interpreter: {result.fresh_state_reason}",
+            file=sys.stderr,
+        )
     if result.error and result.error not in result.logs:  # a traceback was already printed live
         print(result.error.rstrip("\n"), file=sys.stderr)
     all_saved = True

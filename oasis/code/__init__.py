@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import RetryAttempt
 from ._grpc import GrpcOptions, GrpcRunner
-from ._info import SandboxInfo, SandboxLimits
+from ._info import SandboxInfo, SandboxLimits, SandboxStateful
 from ._sync import SyncDispatch, SyncGrpcRunner
 from ._wire import KiB, MiB
 
@@ -21,6 +21,7 @@ __all__ = [
     "RetryAttempt",
     "SandboxInfo",
     "SandboxLimits",
+    "SandboxStateful",
     "SyncDispatch",
     "SyncGrpcRunner",
 ]

@@ -28,7 +28,7 @@ class RetryAttempt:
     """A retry about to be made: what a runner's `on_retry` hook receives."""
 
     operation: str
-    """"execute", "delete_workspace" or "info"."""
+    """"execute", "delete_workspace", "reset_state" or "info"."""
     number: int
     """1 for the first retry, at most `max_retries`."""
     max_retries: int

@@ -248,6 +248,18 @@ class GrpcRunner(RunnerBase):
         )
         return bool(response.deleted)
 
+    async def reset_state(self, session_id: str) -> bool:
+        """End the session's live interpreters (see CodeRequest.keep_state), keeping its files.
+
+        False when it had none. Raises FailedPrecondition while a keep_state
+        execution runs in the session.
+        """
+        request = pb.ResetStateRequest(session_id=session_id)
+        response = await self._unary(
+            lambda stub: stub.ResetState(request, **self._options()), operation="reset_state"
+        )
+        return bool(response.had_state)
+
     async def info(self) -> SandboxInfo:
         """The server's runtimes, limits, isolation level and version."""
         response = await self._unary(
@@ -299,6 +311,7 @@ class _Exchange:
         self._downloads = _wire.Downloads(runner.max_file_size)
         self.started = False
         self.execution_id = start.execution_id
+        self._started = pb.ExecutionStarted()
 
     async def events(self) -> _Events:
         """The execution's events; Retryable for a refusal or failure before `started`."""
@@ -333,12 +346,14 @@ class _Exchange:
                     self._downloads.add(response.file_chunk)
                 elif kind == "started":
                     self.started = True
+                    self._started = response.started
                     self.execution_id = response.started.execution_id or self.execution_id
                 elif kind == "result":
                     result = _wire.code_result(
                         response.result,
                         self._downloads,
                         execution_id=self.execution_id,
+                        started=self._started,
                         max_file_size=self._runner.max_file_size,
                         max_output=self._runner.max_output,
                     )

@@ -209,6 +209,22 @@ class HTTPRunner(RunnerBase):
             raise from_http(status, raw)
         return _http_wire.deleted(headers)
 
+    async def reset_state(self, session_id: str) -> bool:
+        """End the session's live interpreters, keeping its files (POST
+        /workspace/{session_id}/reset); False when it had none.
+
+        Raises FailedPrecondition while a keep_state execution runs in the session.
+        """
+        session = await self._ensure_started()
+        url = f"{self._url}/workspace/{urllib.parse.quote(session_id, safe='')}/reset"
+        try:
+            status, raw, _ = await self._send(session, "POST", url, None, 30.0)
+        except Retryable as exc:
+            raise exc.error from exc.__cause__
+        if status >= 300:
+            raise from_http(status, raw)
+        return _http_wire.had_state(raw)
+
     async def _send(
         self,
         session: aiohttp.ClientSession,

@@ -38,7 +38,7 @@ def execute_body(
     request: CodeRequest, *, execution_id: str, callback_url: str, timeout: float
 ) -> bytes:
     """The POST /execute body (the API takes the timeout in whole seconds)."""
-    payload = {
+    payload: dict[str, Any] = {
         "execution_id": execution_id,
         "callback_url": callback_url,
         "code": request.code,
@@ -47,6 +47,8 @@ def execute_body(
         "timeout": max(1, math.ceil(timeout)),
         "files": [_file(f) for f in request.files],
     }
+    if request.keep_state:  # an extension: sent only when set, so other bodies stay the API's
+        payload["keep_state"] = True
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -108,6 +110,9 @@ def _code_result(payload: dict[str, Any], *, execution_id: str, max_file_size: i
         files=files,
         status=_status(exit_code, error),
         execution_id=execution_id,
+        state_kept=payload.get("state_kept") is True,
+        fresh_state=payload.get("fresh_state") is True,
+        fresh_state_reason=str(payload.get("fresh_state_reason") or ""),
     )
 
 
@@ -123,6 +128,22 @@ def _status(exit_code: int, error: str) -> Status:
     if exit_code == -1 and "timed out after" in error:
         return Status.TIMEOUT
     return Status.ERROR
+
+
+def had_state(raw: bytes) -> bool:
+    """The answer to POST /workspace/{id}/reset: `{"had_state": bool}`; SandboxError otherwise."""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    value = answer.get("had_state") if isinstance(answer, dict) else None
+    if not isinstance(value, bool):
+        raise SandboxError(
+            f"the sandbox sent an invalid reset answer: {raw[:200]!r}",
+            code="INTERNAL",
+            http_status=200,
+        )
+    return value
 
 
 def deleted(headers: Mapping[str, str]) -> bool:

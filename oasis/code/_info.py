@@ -44,6 +44,21 @@ class SandboxLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SandboxStateful:
+    """Whether runs may keep a live interpreter per session (`CodeRequest.keep_state`)."""
+
+    enabled: bool
+    reason: str = ""
+    """Why not, when not enabled."""
+    max_states: int = 0
+    """Live interpreters at once; the least recently used is ended first."""
+    idle_timeout: float = 0.0
+    """Seconds a live interpreter is kept without a run."""
+    live: int = 0
+    """Live interpreters now."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SandboxInfo:
     """The runtimes, limits and isolation a sandbox server provides."""
 
@@ -58,3 +73,5 @@ class SandboxInfo:
     """The server's version."""
     resource_control: str = ""
     """"cgroup v2", "cgroup v1" or "rlimits": how session memory and processes are capped."""
+    stateful: SandboxStateful = SandboxStateful(enabled=False)
+    """Stateful sessions: on or off, and the live interpreters' limits."""

@@ -105,6 +105,10 @@ class SyncGrpcRunner:
         """Remove a session's workspace; False when there was none."""
         return self._wait(self._runner.delete_workspace(session_id))
 
+    def reset_state(self, session_id: str) -> bool:
+        """End the session's live interpreters, keeping its files; False when it had none."""
+        return self._wait(self._runner.reset_state(session_id))
+
     def info(self) -> SandboxInfo:
         """The server's runtimes, limits, isolation level and version."""
         return self._wait(self._runner.info())

@@ -13,7 +13,7 @@ from typing import Any
 from .._types import CodeFile, CodeRequest, CodeResult, Status, ToolCall
 from ..errors import InvalidRequest
 from ..sandbox.v1 import sandbox_pb2 as pb
-from ._info import SandboxInfo, SandboxLimits
+from ._info import SandboxInfo, SandboxLimits, SandboxStateful
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -49,6 +49,7 @@ def start_message(
         runtime=request.runtime,
         session_id=request.session_id,
         env=request.env,
+        keep_state=request.keep_state,
     )
     start.timeout.FromNanoseconds(round(timeout * 1e9))
     budget = INLINE_BUDGET
@@ -125,10 +126,12 @@ def code_result(
     downloads: Downloads,
     *,
     execution_id: str,
+    started: pb.ExecutionStarted,
     max_file_size: int,
     max_output: int,
 ) -> CodeResult:
-    """The CodeResult for a result message, with the runner's caps applied."""
+    """The CodeResult for a result message and the `started` before it, with the runner's
+    caps applied."""
     files = []
     for f in message.files:
         data = f.data if f.data else downloads.content(f.name)
@@ -173,6 +176,9 @@ def code_result(
         duration=message.duration.ToNanoseconds() / 1e9,
         cpu_time=message.cpu_time.ToNanoseconds() / 1e9,
         execution_id=execution_id,
+        state_kept=message.state_kept,
+        fresh_state=started.fresh_state,
+        fresh_state_reason=started.fresh_state_reason,
     )
 
 
@@ -205,4 +211,13 @@ def sandbox_info(message: pb.GetInfoResponse) -> SandboxInfo:
         version=message.server_version,
         network=message.network,
         resource_control=message.resource_control,
+        stateful=SandboxStateful(
+            enabled=message.stateful.enabled,
+            reason=message.stateful.reason,
+            max_states=message.stateful.max_states,
+            idle_timeout=message.stateful.idle_timeout.ToNanoseconds() / 1e9,
+            live=message.stateful.live,
+        )
+        if message.HasField("stateful")
+        else SandboxStateful(enabled=False, reason="the server predates stateful sessions"),
     )

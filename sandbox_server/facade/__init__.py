@@ -1,12 +1,15 @@
 """The HTTP facade: the documented JSON API of the original service, on the same core.
 
-    POST   /execute                  run code; tool calls go to the request's callback_url
-    GET    /health                   200 {"status": "ready"}, 503 while shutting down
-    DELETE /workspace/{session_id}   204
+    POST   /execute                        run code; tool calls go to the request's callback_url
+    GET    /health                         200 {"status": "ready"}, 503 while shutting down
+    DELETE /workspace/{session_id}         204
+    POST   /workspace/{session_id}/reset   200 {"had_state": bool}: ends the live interpreter
 
 Field names are those of the original HTTP service, so its clients work
 unchanged, and a field it does not know is refused rather than ignored, so a
-typo (`session` for `session_id`) does not pass unnoticed.
+typo (`session` for `session_id`) does not pass unnoticed. Our extensions
+(`keep_state` in, `state_kept`, `fresh_state`, `fresh_state_reason` out, only
+when `keep_state` was sent) are absent from the exchanges of old clients.
 
 Errors are `{"error": "...", "code": "..."}`. `code` is the gRPC status code
 name of the same failure, so clients of both transports read one vocabulary
@@ -20,7 +23,8 @@ instead of matching words in messages (`errors.Code` holds both mappings):
     404  NOT_FOUND            no such endpoint
     405  UNIMPLEMENTED        a method the endpoint does not take (gRPC's answer
                               to a method the server does not have)
-    409  FAILED_PRECONDITION  DELETE of a session that has a running execution
+    409  FAILED_PRECONDITION  DELETE of a session that has a running execution;
+                              keep_state in a busy session, or with stateful sessions off
     503  RESOURCE_EXHAUSTED   at capacity (executions, sessions): retry later
     503  UNAVAILABLE          shutting down; GET /health's 503 carries it too
 

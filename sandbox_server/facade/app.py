@@ -16,7 +16,7 @@ from ..config import Config
 from ..core import Sandbox
 from ..errors import Code, RequestError
 from ..execution import Execution
-from ..model import FileChunkEvent, Result, ToolCallEvent
+from ..model import FileChunkEvent, Result, Started, ToolCallEvent
 from . import callbacks
 from .callbacks import ByteBudget, Callbacks
 from .guards import ConnectionCap, Handler, HostCheck, bearer_token, no_sandboxed_peers, same_origin
@@ -54,6 +54,7 @@ class Facade:
         app.router.add_post("/execute", self._execute)
         app.router.add_get("/health", self._health)
         app.router.add_delete("/workspace/{session_id}", self._delete_workspace)
+        app.router.add_post("/workspace/{session_id}/reset", self._reset_state)
         # handler_cancellation: a client that goes away cancels its handler,
         # which closes the Execution and so kills the code.
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
@@ -110,6 +111,13 @@ class Facade:
         # 204 as the API always answered; the header tells HTTPRunner whether there was one.
         return web.Response(status=204, headers={DELETED_HEADER: "true" if deleted else "false"})
 
+    async def _reset_state(self, request: web.Request) -> web.Response:
+        try:
+            had_state = await self._sandbox.reset_state(request.match_info["session_id"])
+        except RequestError as exc:
+            return error(exc.code, exc.message)
+        return web.json_response({"had_state": had_state})
+
     async def _execute(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return too_large()
@@ -149,26 +157,34 @@ class Facade:
             spool = Spool(self._config.workspace_root)
             try:
                 try:
-                    result = await self._run(execution, calls, spool)
+                    started, result = await self._run(execution, calls, spool)
                 finally:
                     await calls.aclose()
-                return await send_result(request, result, spool)
+                stateful = started if parsed.spec.keep_state else None
+                return await send_result(request, result, spool, stateful=stateful)
             except RequestError as exc:
                 return error(exc.code, exc.message)
             finally:
                 await asyncio.to_thread(spool.close)
 
-    async def _run(self, execution: Execution, calls: Callbacks, spool: Spool) -> Result:
+    async def _run(
+        self, execution: Execution, calls: Callbacks, spool: Spool
+    ) -> tuple[Started, Result]:
+        started: Started | None = None
         result: Result | None = None
         async for event in execution.events():
             if isinstance(event, ToolCallEvent):
                 await calls.start(event)
             elif isinstance(event, FileChunkEvent):
                 await spool.write(event)
+            elif isinstance(event, Started):
+                started = event
             elif isinstance(event, Result):
                 result = event
-        assert result is not None, "an execution always ends with a Result"
-        return result
+        assert started is not None and result is not None, (
+            "an execution always starts with Started and ends with a Result"
+        )
+        return started, result
 
 
 @web.middleware

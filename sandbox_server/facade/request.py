@@ -1,7 +1,8 @@
 """POST /execute's body, parsed and bounded before anything is built from it.
 
-Only the JSON shape and base64 are checked here: code, runtime, session id
-and file names are validated by the core, as for gRPC.
+Only the JSON shape and base64 are checked here: code, runtime, session id,
+file names and keep_state's need of a session are validated by the core, as
+for gRPC.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ _JSON_VALUES_PER_FILE = 16
 """A request body may hold this many JSON values plus this many per allowed input file:
 a request is a few fields and its files, so more is an attack on the parser's memory."""
 
-_FIELDS = ("execution_id", "callback_url", "code", "runtime", "session_id", "timeout", "files")
+_FIELDS = (
+    "execution_id", "callback_url", "code", "runtime", "session_id", "timeout", "files",
+    # Extensions of ours: the original API has none of them, so its clients never send them.
+    "keep_state",
+)  # fmt: skip
 _FILE_FIELDS = ("name", "data", "mime", "url")
-_JSON_TYPE: dict[type, str] = {str: "string", list: "array", dict: "object"}
+_JSON_TYPE: dict[type, str] = {str: "string", list: "array", dict: "object", bool: "boolean"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def parse_execute(body: bytes, *, max_files: int = Config.max_input_files) -> Ex
             session_id=_field(value, "session_id", str, ""),
             timeout=_timeout(value.get("timeout")),
             files=tuple(_input_file(i, f) for i, f in enumerate(files)),
+            keep_state=_field(value, "keep_state", bool, False),
         ),
         execution_id=_field(value, "execution_id", str, ""),
         callback_url=callback_url,

@@ -15,7 +15,7 @@ from aiohttp import web
 from oasis.code._wire import KiB, MiB
 
 from ..errors import Code
-from ..model import FileChunkEvent, Result
+from ..model import FileChunkEvent, Result, Started
 from .request import MAX_BODY
 
 _B64_BLOCK = 3 * 256 * KiB
@@ -85,11 +85,15 @@ def _b64_len(size: int) -> int:
     return 4 * ((size + 2) // 3)
 
 
-async def send_result(request: web.Request, result: Result, spool: Spool) -> web.StreamResponse:
+async def send_result(
+    request: web.Request, result: Result, spool: Spool, *, stateful: Started | None = None
+) -> web.StreamResponse:
     """Stream the 200 response; spooled files are base64-encoded block by block from disk.
 
     The JSON is written around the file data, so that no file is ever held
     in memory whole, and its length is known before the first byte is sent.
+    `stateful`, the Started event of a keep_state execution, adds the state
+    fields; other answers keep the original API's shape exactly.
     """
     head: dict[str, Any] = {
         "output": result.output,
@@ -98,6 +102,10 @@ async def send_result(request: web.Request, result: Result, spool: Spool) -> web
     }
     if result.error:
         head["error"] = result.error
+    if stateful is not None:
+        head["state_kept"] = result.state_kept
+        head["fresh_state"] = stateful.fresh_state
+        head["fresh_state_reason"] = stateful.fresh_state_reason
     # bytes are sent as they are; a str names a spooled file, streamed in its place.
     parts: list[bytes | str] = [json.dumps(head)[:-1].encode() + b',"files":[']
     for index, file in enumerate(result.files):

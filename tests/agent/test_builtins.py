@@ -5,6 +5,8 @@ The real sandbox path (prelude, runtimes, files, workspaces) is tested in test_c
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ import pytest
 
 from oasis import CodeFile, CodeRequest, CodeResult, Dispatch, DispatchResult, Status, ToolCall
 from oasis.agent import (
+    AgentDefinitionError,
     AgentTask,
     Attachment,
     LLMAgent,
@@ -111,6 +114,64 @@ async def test_failures_and_missing_results_are_told_to_the_llm() -> None:
     )
     assert exhausted.is_error and "ScriptExhausted" in exhausted.content
     assert runner.remaining == -1
+
+
+async def test_keep_state_runs_a_tasks_code_in_one_stateful_session_one_at_a_time() -> None:
+    running: dict[str, int] = {"python": 0, "node": 0}
+    overlaps: list[str] = []
+
+    async def program(request: CodeRequest, dispatch: Dispatch) -> CodeResult:
+        running[request.runtime] += 1
+        if running[request.runtime] > 1:
+            overlaps.append(request.code)
+        await asyncio.sleep(0.05)
+        running[request.runtime] -= 1
+        if request.code == "lost":
+            return dataclasses.replace(
+                code_result(), fresh_state=True, fresh_state_reason="evicted: least recently used"
+            )
+        return dataclasses.replace(code_result(request.code), state_kept=True)
+
+    runner = ScriptedRunner([program] * 4)
+    provider = ScriptedProvider(
+        [
+            tool_calls(
+                ("execute_code", {"code": "a"}),
+                ("execute_code", {"code": "b"}),
+                ("execute_code", {"runtime": "node", "code": "c"}),
+            ),
+            code_call("lost"),
+            "done",
+        ]
+    )
+    agent = LLMAgent("c", "codes", provider, code_runner=runner, keep_state=True)
+    result = await agent.execute("go")
+
+    assert overlaps == []  # the server would refuse a second execution in a busy interpreter
+    assert [r.code for r in runner.requests if r.runtime == "python"] == ["a", "b", "lost"]
+    assert {(r.session_id, r.keep_state) for r in runner.requests} == {(result.session_id, True)}
+    [definition] = [t for t in provider.requests[0].tools if t.name == "execute_code"]
+    assert "variables, imports and functions" in definition.description
+    kept = [m for m in provider.requests[1].messages if isinstance(m, ToolMessage)]
+    assert [m.content for m in kept] == ['Result: "a"', 'Result: "b"', 'Result: "c"']
+    lost = last_answer(provider, 2).content
+    assert "started in a new, empty interpreter (evicted: least recently used)" in lost
+    assert "did not survive this execution" in lost
+    # The private session goes at the end of the task, and its interpreter with it.
+    assert runner.deleted == [result.session_id]
+
+
+async def test_without_keep_state_nothing_is_promised_and_keep_state_needs_a_runner() -> None:
+    runner = ScriptedRunner([code_result(1)])
+    provider = ScriptedProvider([code_call(), "done"])
+    await LLMAgent("c", "codes", provider, code_runner=runner).execute("go")
+
+    assert runner.requests[0].keep_state is False
+    [definition] = [t for t in provider.requests[0].tools if t.name == "execute_code"]
+    assert "persist" not in definition.description
+    assert last_answer(provider).content == "Result: 1"
+    with pytest.raises(AgentDefinitionError, match="keep_state=True needs a code_runner"):
+        LLMAgent("c", "codes", ScriptedProvider([]), keep_state=True)
 
 
 async def test_bad_execute_code_arguments_run_nothing() -> None:

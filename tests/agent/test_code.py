@@ -218,3 +218,22 @@ async def test_a_tasks_executions_share_a_private_workspace_deleted_at_the_end(
     # A task without code uses no session at all.
     plain = await LLMAgent("p", "plain", ScriptedProvider(["hi"]), code_runner=runner).execute("hi")
     assert plain.session_id == ""
+
+
+async def test_keep_state_loads_data_in_one_execution_and_uses_it_in_the_next(
+    runner: GrpcRunner,
+) -> None:
+    load = "import pandas as pd\nsales = pd.read_csv('sales.csv')\nset_result({'rows': len(sales)})"
+    use = "set_result(float(sales['revenue'].sum()))"
+    sales = Attachment(name="sales.csv", data=b"month,revenue\nJan,10\nFeb,32.5\n", mime="text/csv")
+    provider = ScriptedProvider([code_call(load), code_call(use), "The total is 42.5."])
+    agent = LLMAgent("analyst", "Analyses data.", provider, code_runner=runner, keep_state=True)
+    result = await agent.execute(AgentTask(input="Total revenue?", attachments=[sales]))
+
+    loaded, used = last_answer(provider, 1), last_answer(provider, 2)
+    assert loaded.content == 'Result: {"rows": 2}', loaded.content
+    assert used.content == "Result: 42.5", used.content
+    assert result.output == "The total is 42.5."
+    # The run's private session is deleted at the end, and its interpreter with it.
+    assert await runner.reset_state(result.session_id) is False
+    assert await runner.delete_workspace(result.session_id) is False

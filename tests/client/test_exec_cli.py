@@ -183,17 +183,39 @@ async def test_exec_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
     script.write_text("print(1)")
     latin1.write_bytes("print('café')\n".encode("latin-1"))
 
-    url, not_utf8, half_tls = await asyncio.gather(
+    url, not_utf8, half_tls, no_session = await asyncio.gather(
         oasis_exec(str(script), "--target", "http://127.0.0.1:50051"),
         oasis_exec(str(latin1), "--target", f"127.0.0.1:{free_port()}"),
         oasis_exec(str(script), "--tls-cert", str(script)),
+        oasis_exec(str(script), "--keep-state", "--target", f"127.0.0.1:{free_port()}"),
     )
 
-    for run in (url, not_utf8, half_tls):
+    for run in (url, not_utf8, half_tls, no_session):
         assert run.code == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "is not host:port, such as 127.0.0.1:50051" in url.stderr
     assert f"{latin1} is not UTF-8 text (invalid byte at offset 10)" in not_utf8.stderr
     assert "--tls-cert and --tls-key go together" in half_tls.stderr
+    assert "--keep-state needs --session ID" in no_session.stderr
+
+
+async def test_exec_keep_state_keeps_variables_between_runs(server: SandboxServer) -> None:
+    target = f"127.0.0.1:{server.port}"
+    first = await oasis_exec(
+        "-", "--session", "cli-state", "--keep-state", "--target", target,
+        stdin=b"words = ['kept', 'in', 'memory']\nprint(len(words))",
+    )  # fmt: skip
+    second = await oasis_exec(
+        "-", "--session", "cli-state", "--keep-state", "--target", target,
+        stdin=b"set_result(' '.join(words))",
+    )  # fmt: skip
+    plain = await oasis_exec(
+        "-", "--session", "cli-state", "--target", target, stdin=b"print(words)"
+    )  # fmt: skip
+
+    assert (first.code, first.stdout) == (0, "3\n"), first.stderr
+    assert "· state kept" in first.stderr
+    assert (second.code, json.loads(second.stdout)) == (0, "kept in memory"), second.stderr
+    assert plain.code == 1 and "NameError" in plain.stderr
 
 
 async def test_exec_with_target_and_token_from_the_environment(

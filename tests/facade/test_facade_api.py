@@ -272,7 +272,7 @@ async def test_an_unknown_field_unlike_any_known_one_lists_the_fields(
     assert "did you mean" not in answer["error"]
     assert answer["error"].endswith(
         "unknown field 'env'; the fields are "
-        "execution_id, callback_url, code, runtime, session_id, timeout, files"
+        "execution_id, callback_url, code, runtime, session_id, timeout, files, keep_state"
     )
 
 
@@ -295,8 +295,17 @@ async def test_every_documented_field_is_accepted(
         ({"timeout": True}, "timeout must be a whole number of seconds, got True"),
         ({"session_id": 7}, "session_id must be a JSON string, got 7"),
         ({"files": {"name": "a"}}, "files must be a JSON array, got {'name': 'a'}"),
+        ({"keep_state": "true"}, "keep_state must be a JSON boolean, got 'true'"),
+        ({"keep_state": 1}, "keep_state must be a JSON boolean, got 1"),
     ],
-    ids=["string-timeout", "bool-timeout", "number-session", "object-files"],
+    ids=[
+        "string-timeout",
+        "bool-timeout",
+        "number-session",
+        "object-files",
+        "string-keep-state",
+        "number-keep-state",
+    ],
 )
 async def test_a_value_of_the_wrong_type_is_shown_as_received(
     http: aiohttp.ClientSession, server: SandboxServer, fields: dict[str, Any], message: str
@@ -318,6 +327,8 @@ async def test_a_value_of_the_wrong_type_is_shown_as_received(
         ("POST", "/health", "GET, HEAD"),
         ("GET", "/workspace/s1", "DELETE"),
         ("POST", "/workspace/s1", "DELETE"),
+        ("GET", "/workspace/s1/reset", "POST"),
+        ("DELETE", "/workspace/s1/reset", "POST"),
     ],
 )
 async def test_wrong_method_is_405(
@@ -469,6 +480,81 @@ async def test_empty_session_id_is_a_one_off_workspace(
     )
 
     assert "left.txt" not in json.loads(body["output"])
+
+
+# -- stateful sessions: keep_state and POST /workspace/{id}/reset ------------------------
+
+
+async def reset(
+    http: aiohttp.ClientSession, server: SandboxServer, session_id: str
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(base_url(server) + f"/workspace/{session_id}/reset") as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+STATE_FIELDS = ["output", "logs", "exit_code", "state_kept", "fresh_state", "fresh_state_reason"]
+
+
+async def test_keep_state_keeps_variables_and_answers_the_state_fields(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    first = request("rows = [3, 4, 5]\nset_result(len(rows))", session_id="st-1", keep_state=True)
+    second = request("set_result(sum(rows))", session_id="st-1", keep_state=True)
+
+    status, one = await execute(http, server, first)
+    assert status == 200, one
+    assert list(one) == [*STATE_FIELDS, "files"]
+    assert (one["output"], one["state_kept"]) == ("3", True)
+    assert (one["fresh_state"], one["fresh_state_reason"]) == (True, "")
+    _, two = await execute(http, server, second)
+    assert (two["output"], two["state_kept"], two["fresh_state"]) == ("12", True, False), two
+    # Without keep_state the same session runs in a fresh process, with the original fields only.
+    _, plain = await execute(
+        http, server, request("set_result('rows' in globals())", session_id="st-1")
+    )
+    assert list(plain) == ["output", "logs", "exit_code", "files"]
+    assert plain["output"] == "false"
+
+
+async def test_reset_ends_the_state_and_the_next_run_is_told_why(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    await execute(http, server, request("x = 1", session_id="st-2", keep_state=True))
+
+    assert await reset(http, server, "st-2") == (200, {"had_state": True})
+    assert await reset(http, server, "st-2") == (200, {"had_state": False})
+    _, after = await execute(
+        http, server, request("set_result('x' in globals())", session_id="st-2", keep_state=True)
+    )
+    assert (after["output"], after["fresh_state"]) == ("false", True), after
+    assert after["fresh_state_reason"]  # lost, not never made: the client is told why
+
+
+async def test_keep_state_without_a_session_is_400(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    status, answer = await execute(http, server, request("x = 1", keep_state=True))
+
+    assert (status, answer["code"]) == (400, "INVALID_ARGUMENT")
+    assert "session_id" in answer["error"]
+
+
+async def test_reset_of_a_session_without_state_answers_false(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    assert await reset(http, server, "never-created") == (200, {"had_state": False})
+    await execute(http, server, request("open('f', 'w').write('x')", session_id="files-only"))
+    assert await reset(http, server, "files-only") == (200, {"had_state": False})
+
+
+async def test_reset_of_an_invalid_session_id_is_400(
+    http: aiohttp.ClientSession, server: SandboxServer
+) -> None:
+    status, answer = await reset(http, server, "-bad")
+
+    assert (status, answer["code"]) == (400, "INVALID_ARGUMENT")
+    assert "invalid session_id" in answer["error"]
 
 
 # -- tool callbacks ----------------------------------------------------------------------

@@ -234,6 +234,33 @@ async def test_session_persistence_and_delete(runner: HTTPRunner, runtime: str) 
     assert after_delete == 1
 
 
+async def test_keep_state_and_reset_state(runner: HTTPRunner) -> None:
+    dispatch = tool_dispatcher({})
+    step = CodeRequest(code="import math\nradius = 2.0", session_id="http-state", keep_state=True)
+    first = await runner.run(step, dispatch)
+    step.code = "set_result(round(math.pi * radius**2, 2))"
+    second = await runner.run(step, dispatch)
+    resets = [await runner.reset_state("http-state"), await runner.reset_state("http-state")]
+    step.code = "set_result('radius' in globals())"
+    after = await runner.run(step, dispatch)
+
+    assert (first.fresh_state, first.fresh_state_reason, first.state_kept) == (True, "", True)
+    assert (second.output, second.fresh_state, second.state_kept) == (12.57, False, True)
+    assert resets == [True, False]
+    assert after.output is False and after.fresh_state and after.fresh_state_reason
+
+
+async def test_reset_state_errors_are_mapped(runner: HTTPRunner) -> None:
+    assert await runner.reset_state("never-created") is False
+    with pytest.raises(InvalidRequest) as bad_id:
+        await runner.reset_state("-no")
+    with pytest.raises(InvalidRequest) as no_session:
+        await runner.run(CodeRequest(code="x = 1", keep_state=True), tool_dispatcher({}))
+
+    assert (bad_id.value.code, bad_id.value.http_status) == ("INVALID_ARGUMENT", 400)
+    assert "session_id" in no_session.value.message
+
+
 # -- results and errors ------------------------------------------------------------------
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..._types import CodeRequest, CodeResult, CodeRunner, DispatchResult, Status, ToolCall
@@ -37,6 +39,14 @@ setResult(data, files), await installPackage(name), console.log(); top-level awa
 Without set_result / setResult you get only the logs. numpy, pandas and matplotlib are \
 available in Python. Code cannot call execute_code or execute_plan."""
 
+STATEFUL = """
+
+State persists, as in a notebook: variables, imports and functions an execution defines are \
+still there in this task's next executions of the same runtime, so load data once and reuse it \
+(files in the working directory persist too). Each execution runs to its end before the \
+next starts. If the interpreter is restarted (a timeout it did not stop at, a crash) you are \
+told, and the earlier variables are gone."""
+
 NO_RESULT = (
     "The code finished without calling set_result, so it returned no result. "
     "Call set_result(data) in Python (setResult(data) in Node.js) to return values; "
@@ -58,9 +68,16 @@ class ExecuteCode:
     """Characters of an execution's logs the LLM is shown (the tail)."""
     tool_names: Sequence[str]
     """The tools code can call, listed in the description."""
+    keep_state: bool = False
+    """Run in the session's live interpreter, so variables persist between executions."""
+    _turns: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary, init=False, repr=False, compare=False
+    )
+    """keep_state: a session's interpreter runs one execution at a time (the server refuses
+    a second as busy), so calls made together wait for their turn here, in order."""
 
     def definition(self) -> ToolDefinition:
-        description = DESCRIPTION
+        description = DESCRIPTION + (STATEFUL if self.keep_state else "")
         if self.tool_names:
             description += (
                 "\n\nTools code can call (same arguments as yours): "
@@ -109,10 +126,22 @@ class ExecuteCode:
             timeout=self.timeout,
             session_id=run.use_workspace(),
             files=[a.to_code_file() for a in run.task.attachments],
+            keep_state=self.keep_state,
         )
-        result = await self.runner.run(request, dispatch)
+        if self.keep_state:
+            key = (request.session_id, runtime)
+            turn = self._turns.get(key)
+            if turn is None:
+                turn = self._turns[key] = asyncio.Lock()
+            async with turn:
+                result = await self.runner.run(request, dispatch)
+        else:
+            result = await self.runner.run(request, dispatch)
         run.add_attachments(Attachment.from_code_file(file) for file in result.files)
-        return code_answer(result, max_logs=self.max_logs)
+        answer = code_answer(result, max_logs=self.max_logs)
+        if self.keep_state:
+            answer = _state_notes(result, answer)
+        return answer
 
 
 def _arguments(args: dict[str, Any]) -> tuple[str, str]:
@@ -128,6 +157,25 @@ def _arguments(args: dict[str, Any]) -> tuple[str, str]:
             f"execute_code takes only 'runtime' and 'code', not {', '.join(sorted(unexpected))}"
         )
     return code, runtime
+
+
+def _state_notes(result: CodeResult, answer: DispatchResult) -> DispatchResult:
+    """The answer, with what the LLM must know when the interpreter's state was lost."""
+    notes: list[str] = []
+    reason = result.fresh_state_reason
+    if reason and reason not in result.error:
+        notes.append(
+            f"Note: this execution started in a new, empty interpreter ({reason}): "
+            "variables, imports and functions of earlier executions were gone."
+        )
+    if not result.state_kept:
+        notes.append(
+            "Note: the interpreter did not survive this execution: the next one starts "
+            "empty, without the variables defined so far."
+        )
+    if not notes:
+        return answer
+    return DispatchResult(content="\n\n".join([answer.content, *notes]), is_error=answer.is_error)
 
 
 def code_answer(result: CodeResult, *, max_logs: int) -> DispatchResult:
