@@ -29,7 +29,7 @@ BLOCKS = [text for language, text in FENCED if language == "python"]
 SHELL = [text for language, text in FENCED if language == "sh"]
 DEFAULT_TARGET = "127.0.0.1:50051"
 TESTED = {
-    "python": ("tool_dispatcher({", "HTTPRunner(", "LLMAgent(", "SyncGrpcRunner("),
+    "python": ("tool_dispatcher({", "HTTPRunner(", "LLMAgent(", "SyncGrpcRunner(", "keep_state=True"),
     "sh": ("oasis-sandbox exec", "make "),
 }
 """What the tests below look for in each block: a block matching none is untested."""
@@ -92,6 +92,12 @@ async def test_http_quick_start(server: SandboxServer, tmp_path: Path) -> None:
     )
     out = await run_script(source, tmp_path)
     assert out.strip() == "Status.OK {'city': 'Rome', 'temp': 23}"
+
+
+async def test_stateful_session_example(server: SandboxServer, tmp_path: Path) -> None:
+    source = block("keep_state=True").replace(DEFAULT_TARGET, f"127.0.0.1:{server.port}")
+    out = await run_script(source, tmp_path)
+    assert out.split("\n")[:2] == ["{'north': 17, 'south': 5} True", "True"]
 
 
 async def test_sync_dispatch_example(server: SandboxServer, tmp_path: Path) -> None:
