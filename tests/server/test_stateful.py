@@ -126,6 +126,17 @@ async def test_node_interrupts_an_await_and_keeps_the_state(client: SandboxClien
     assert (await run(client, "setResult(rows);", runtime="node")).output == 4
 
 
+async def test_a_synchronous_node_loop_cannot_be_interrupted_and_is_killed(
+    client: SandboxClient,
+) -> None:
+    await run(client, "let rows = 3;", runtime="node")
+    spin = await run(client, "rows = 4; while (true) {}", runtime="node", timeout=1.0)
+    assert spin.status == "TIMEOUT" and not spin.result.state_kept
+    after = await run(client, "setResult(typeof rows);", runtime="node")
+    assert after.output == "undefined" and started(after).fresh_state
+    assert "did not stop" in started(after).fresh_state_reason
+
+
 async def test_code_that_swallows_the_interrupt_is_killed_and_the_next_run_is_told(
     client: SandboxClient,
 ) -> None:
