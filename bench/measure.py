@@ -1,4 +1,5 @@
-"""The timed parts: one latency sample, a tool-call pace, throughput, a large transfer."""
+"""The timed parts: one latency sample, a tool-call pace, throughput, a large transfer;
+and the live interpreters whose memory is measured."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from oasis import CodeFile, CodeRequest, CodeResult, DispatchResult, ToolCall
 from oasis.code import GrpcRunner, HTTPRunner, RetryAttempt
 
 from . import memory
-from .cases import TOOL_CODE, TRANSFER_CODE, LatencyCase
+from .cases import PANDAS_CODE, PANDAS_OUTPUT, TOOL_CODE, TRANSFER_CODE, LatencyCase
 
 MB = 1_000_000
 
@@ -46,6 +48,7 @@ async def latency(runner: GrpcRunner, case: LatencyCase, session_id: str) -> flo
         code=case.code,
         runtime=case.runtime,
         session_id=session_id if case.session != "none" else "",
+        keep_state=case.keep_state,
     )
     began = time.perf_counter()
     result = await runner.run(request, no_tools)
@@ -68,6 +71,22 @@ async def tool_pace(runner: GrpcRunner | HTTPRunner, calls: int) -> list[float]:
     result = await runner.run(CodeRequest(code=TOOL_CODE.format(calls=calls)), echo)
     check(result.ok and result.output == calls, "tool calls", result)
     return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+
+
+async def live_states(runner: GrpcRunner, sessions: Sequence[str]) -> None:
+    """One pandas step (keep_state) in each session, one after another: each leaves
+    a new live interpreter, idle and stopped."""
+    for session_id in sessions:
+        request = CodeRequest(code=PANDAS_CODE, session_id=session_id, keep_state=True)
+        result = await runner.run(request, no_tools)
+        check(
+            result.ok
+            and result.output == PANDAS_OUTPUT
+            and result.fresh_state
+            and result.state_kept,
+            f"pandas step in a new live interpreter (session {session_id})",
+            result,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ PANELS = {
     "throughput": ("Throughput, concurrency 8", "executions/s", False),
     "transfer": ("Large file transfer", "MB/s", False),
     "memory": ("Server memory", "MiB", False),
+    "stateful": ("DataFrame step: reloaded ÷ kept, p50", "times", False),
 }
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
 
@@ -81,14 +82,15 @@ def main(source: Path, destination: Path) -> None:
     document = json.loads(source.read_text())
     modes = document["modes"]
     facts = document["machine"]
-    figure = plt.figure(figsize=(15, 9), layout="constrained")
-    grid = figure.add_gridspec(2, 3)
+    figure = plt.figure(figsize=(18, 9), layout="constrained")
+    grid = figure.add_gridspec(2, 4)
     places = {
-        "latency": grid[0, :2],
-        "tool": grid[0, 2],
+        "latency": grid[0, :3],
+        "tool": grid[0, 3],
         "throughput": grid[1, 0],
         "transfer": grid[1, 1],
         "memory": grid[1, 2],
+        "stateful": grid[1, 3],
     }
     for panel, place in places.items():
         metrics = [metric for metric in document["metrics"] if metric["panel"] == panel]
@@ -103,7 +105,7 @@ def main(source: Path, destination: Path) -> None:
     )
     figure.supxlabel(
         "bars: p50 (or the single value); whiskers to p90; dots: p99; "
-        "red dashes: the targets of issue 11 (dotted: p99)",
+        "red dashes: the targets of issues 11 and 12 (dotted: p99)",
         fontsize=8,
     )
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ def cell(metric: Metric, summary: Summary | None) -> str:
 
 def ratio(metric: Metric, numerator: Summary | None, denominator: Summary | None) -> str:
     stat = metric.shown[0]
-    if numerator is None or denominator is None or not denominator[stat]:
+    if not metric.compared or numerator is None or denominator is None or not denominator[stat]:
         return "-"
     return f"{numerator[stat] / denominator[stat]:.2f}x"
 
@@ -158,7 +158,9 @@ def print_report(document: Mapping[str, Any]) -> None:
     """The machine, what was run, and the table (and the extras' table, if any)."""
     modes = document["modes"]
     settings = document["settings"]
-    metrics = cases.all_metrics(transfer_mib=settings["transfer_mib"])
+    metrics = cases.all_metrics(
+        transfer_mib=settings["transfer_mib"], live_states=settings["live_states"]
+    )
     results = {entry["key"]: entry["results"] for entry in document["metrics"]}
     print()
     print(describe_machine(document["machine"]))
@@ -172,7 +174,19 @@ def print_report(document: Mapping[str, Any]) -> None:
     )
     print()
     print(table(metrics, results, modes, ratio_of=ratio_columns(modes)))
-    print("\n✓/✗: the target of issue 11 is met / not met.")
+    print("\n✓/✗: the target of issue 11 (speed) or 12 (stateful sessions) is met / not met.")
+    print(
+        "DataFrame rows: in one session, a step reusing `df` (loaded by an earlier, untimed "
+        "keep_state step) against a one-shot execution reading it from the CSV that step wrote; "
+        "the ratio row is the reloaded step's p50 over the kept one's."
+    )
+    if "warm" in modes:
+        print(
+            f"{settings['live_states']} live interpreters: a warm server of their own; the cold "
+            "launcher is left out, as each of its live interpreters imports pandas itself "
+            f"(60 MiB and more), so {settings['live_states']} of them could exhaust the "
+            "machine's memory."
+        )
     if len(modes) == 1:
         print(
             f"Only the {modes[0]} launcher: this server reads no {servers.LAUNCHER_VARIABLE}, "

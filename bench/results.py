@@ -46,7 +46,7 @@ class Results:
         found = self.summaries.get(metric.key, {})
         numerator, denominator = found.get(columns[0]), found.get(columns[1])
         stat = metric.shown[0]
-        if numerator is None or denominator is None or not denominator[stat]:
+        if not metric.compared or numerator is None or denominator is None or not denominator[stat]:
             return None
         return numerator[stat] / denominator[stat]
 

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench import cases, measure, memory, report, servers
 from bench.extras import run_extras
 from bench.results import Results
+from oasis import CodeRequest
 from oasis.code import GrpcRunner, HTTPRunner, MiB
 from sandbox_server.config import default_python
 
@@ -36,6 +37,11 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CONCURRENCY = 8
 EXISTING_SESSION = "bench-session"
+STATEFUL_SESSION = "bench-state"
+SESSIONS = {"existing": EXISTING_SESSION, "stateful": STATEFUL_SESSION}
+"""The session of each LatencyCase.session kind made during warm-up."""
+STATE_HEADROOM = 16
+"""Live interpreters and sessions the live-interpreter server allows beyond those measured."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,6 +54,8 @@ class Options:
     transfer_mib: int
     transfer_repeats: int
     idle_seconds: float
+    live_states: int
+    """Live interpreters whose memory is measured (warm launcher only)."""
     extras: bool
     json_path: Path
     png_path: Path | None
@@ -104,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         transfer_mib=100,
         transfer_repeats=1 if quick else 3,
         idle_seconds=2.0 if quick else 5.0,
+        live_states=20 if quick else cases.LIVE_STATES,
         extras=args.extras,
         json_path=args.json_path,
         png_path=None if args.no_plot else args.png_path,
@@ -123,6 +132,8 @@ async def run(options: Options) -> dict[str, Any]:
     results = Results()
     modes = options.modes
     idle_processes = {mode: await idle_memory(options, mode, results) for mode in modes}
+    if "warm" in modes:
+        await live_states_memory(options, results)
     async with contextlib.AsyncExitStack() as stack:
         started_servers = [
             await stack.enter_async_context(servers.ServerProcess(mode, server_env(mode)))
@@ -189,9 +200,12 @@ async def run(options: Options) -> dict[str, Any]:
             )
 
     results.summarize_samples()
+    dataframe_ratio(results, modes)
     return results.document(
         modes=modes,
-        metrics=cases.all_metrics(transfer_mib=options.transfer_mib),
+        metrics=cases.all_metrics(
+            transfer_mib=options.transfer_mib, live_states=options.live_states
+        ),
         wall=time.perf_counter() - started,
         machine=facts,
         settings={
@@ -208,11 +222,38 @@ async def run(options: Options) -> dict[str, Any]:
 
 
 async def warm_up(runner: GrpcRunner, http_runner: HTTPRunner) -> None:
-    """One of each case, so that nothing is measured on its first use."""
+    """The stateful session's DataFrame, then one of each case, so that nothing is
+    measured on its first use."""
+    setup = CodeRequest(code=cases.DATAFRAME_SETUP, session_id=STATEFUL_SESSION, keep_state=True)
+    result = await runner.run(setup, measure.no_tools)
+    measure.check(
+        result.ok and result.output == cases.DATAFRAME_ROWS and result.state_kept,
+        "DataFrame setup (keep_state)",
+        result,
+    )
     for case in cases.LATENCY_CASES:
-        await measure.latency(runner, case, EXISTING_SESSION)
+        await measure.latency(runner, case, SESSIONS.get(case.session, ""))
     await measure.tool_pace(runner, 10)
     await measure.tool_pace(http_runner, 10)
+
+
+async def settle(options: Options, runner: GrpcRunner, http_runner: HTTPRunner) -> None:
+    """Warm up, then wait idle; without the stateful session, whose live interpreter
+    would count in the server's memory (live interpreters have rows of their own)."""
+    await warm_up(runner, http_runner)
+    await runner.delete_workspace(STATEFUL_SESSION)
+    await expect_live(runner, 0)
+    await asyncio.sleep(options.idle_seconds)
+
+
+async def expect_live(runner: GrpcRunner, count: int) -> None:
+    """Raise CheckFailed unless the server holds exactly `count` live interpreters."""
+    stateful = (await runner.info()).stateful
+    if not stateful.enabled or stateful.live != count:
+        raise measure.CheckFailed(
+            f"the server holds {stateful.live} live interpreters where {count} should be "
+            f"(stateful sessions {'on' if stateful.enabled else 'off: ' + stateful.reason})"
+        )
 
 
 async def idle_memory(options: Options, mode: str, results: Results) -> list[dict[str, Any]]:
@@ -230,12 +271,85 @@ async def idle_memory(options: Options, mode: str, results: Results) -> list[dic
         GrpcRunner(server.grpc_target, max_retries=0) as runner,
         HTTPRunner(server.http_url, max_retries=0) as http_runner,
     ):
-        await warm_up(runner, http_runner)
-        await asyncio.sleep(options.idle_seconds)
+        await settle(options, runner, http_runner)
         tree = memory.tree_memory(server.pid)
     pss = sum(process.pss_kib for process in tree) / 1024
     results.set_value(cases.IDLE_PSS, mode, pss, processes=len(tree))
     return [dataclasses.asdict(process) for process in tree]
+
+
+async def live_states_memory(options: Options, results: Results) -> None:
+    """PSS growth of a warm server and all its processes for `options.live_states`
+    idle live interpreters, each in its own session after one pandas step.
+
+    On a server of its own, for the reason idle_memory gives; warm only: a cold
+    live interpreter imports pandas itself (60 MiB and more each), so as many
+    of them on a cold server could take all the machine's memory.
+    """
+    count = options.live_states
+    report.progress(
+        f"live interpreters: a warm server alone, warmed up, {options.idle_seconds:g} s idle, "
+        f"then {count} sessions with one pandas step each (keep_state), {options.idle_seconds:g} "
+        "s idle"
+    )
+    limit = str(count + STATE_HEADROOM)
+    env = server_env("warm", SANDBOX_MAX_STATES=limit, SANDBOX_MAX_SESSIONS=limit)
+    async with (
+        servers.ServerProcess("warm live interpreters", env) as server,
+        GrpcRunner(server.grpc_target, max_retries=0) as runner,
+        HTTPRunner(server.http_url, max_retries=0) as http_runner,
+    ):
+        await settle(options, runner, http_runner)
+        before = memory.tree_memory(server.pid)
+        began = time.perf_counter()
+        await measure.live_states(runner, [f"bench-live-{index:03d}" for index in range(count)])
+        seconds = time.perf_counter() - began
+        await expect_live(runner, count)
+        await asyncio.sleep(options.idle_seconds)
+        after = memory.tree_memory(server.pid)
+        await expect_live(runner, count)  # none ended while it was measured
+    before_mib = sum(process.pss_kib for process in before) / 1024
+    after_mib = sum(process.pss_kib for process in after) / 1024
+    growth = after_mib - before_mib
+    results.set_value(
+        cases.LIVE_STATES_PSS,
+        "warm",
+        growth,
+        live=count,
+        before_mib=before_mib,
+        after_mib=after_mib,
+        processes_before=len(before),
+        processes_after=len(after),
+        growth_by_name_mib=growth_by_name(before, after),
+        steps_seconds=seconds,
+    )
+    results.set_value(cases.LIVE_STATE_PSS_EACH, "warm", growth / count, live=count)
+
+
+def growth_by_name(
+    before: list[memory.ProcessMemory], after: list[memory.ProcessMemory]
+) -> dict[str, float]:
+    """PSS growth in MiB by process name, largest first: where the growth went."""
+    totals: dict[str, float] = defaultdict(float)
+    for sign, tree in ((-1, before), (1, after)):
+        for process in tree:
+            totals[process.name] += sign * process.pss_kib / 1024
+    return dict(sorted(totals.items(), key=lambda item: -abs(item[1])))
+
+
+def dataframe_ratio(results: Results, modes: tuple[str, ...]) -> None:
+    """Reloaded ÷ kept, p50, per mode: what keeping the DataFrame saves a step."""
+    for mode in modes:
+        kept = results.summaries.get("dataframe_kept", {}).get(mode)
+        reloaded = results.summaries.get("dataframe_reload", {}).get(mode)
+        if kept and reloaded and kept["p50"]:
+            results.set_value(
+                cases.DATAFRAME_RATIO,
+                mode,
+                reloaded["p50"] / kept["p50"],
+                reloaded_p50_ms=reloaded["p50"],
+                kept_p50_ms=kept["p50"],
+            )
 
 
 def planned_runs(case: cases.LatencyCase, runs: int) -> int:
@@ -260,7 +374,7 @@ async def latency_cases(options: Options, runners: dict[str, GrpcRunner], result
             if not due(index, plan[case.metric.key], options.runs):
                 continue
             for mode in order:
-                seconds = await measure.latency(runners[mode], case, EXISTING_SESSION)
+                seconds = await measure.latency(runners[mode], case, SESSIONS.get(case.session, ""))
                 results.add_samples(case.metric, mode, [seconds])
         if (index + 1) % max(1, options.runs // 5) == 0:
             report.progress(
