@@ -16,7 +16,6 @@ import signal
 import time
 from pathlib import Path
 
-from .cgroups import Usage
 from .channel import PreludeChannel
 from .execution import DRAIN_AFTER_EXIT, Execution, Run, clip, seconds_text
 from .launcher import Process
@@ -70,14 +69,14 @@ class LiveRun(Run):
                 state = self.state = await self._new_state(deadline)
             else:
                 self.channel.attach(state.launched.pipes)
-            before = state.resume()
+            before = await state.resume()
             ending = await self._run_code(state, deadline, before)
             if ending is None:  # idle: the interpreter keeps its state
-                await state.suspend()
+                state.suspend()
                 await self._drained(state.launched.process)
                 kept = True
                 usage = state.group.usage()
-                usage = dataclasses.replace(usage, cpu_time=usage.cpu_time - before.cpu_time)
+                usage = dataclasses.replace(usage, cpu_time=usage.cpu_time - before)
                 result = await self._result(self.exit_report, self.timed_out, usage)
                 self.states.free(self.key, ex.execution_id)
                 notes = []
@@ -149,7 +148,7 @@ class LiveRun(Run):
     timed_out = False
     stopped = False
 
-    async def _run_code(self, state: LiveState, deadline: float, before: Usage) -> str | None:
+    async def _run_code(self, state: LiveState, deadline: float, before: float) -> str | None:
         """Run the code; None when the interpreter is idle again, else why it must end."""
         ex = self.ex
         process = state.launched.process
@@ -188,11 +187,13 @@ class LiveRun(Run):
                 task.cancel()
             await asyncio.gather(self.pumps[2], *self.side_tasks, return_exceptions=True)
 
-    async def _watch_cpu(self, state: LiveState, before: Usage) -> None:
+    async def _watch_cpu(self, state: LiveState, before: float) -> None:
         """Kill the interpreter once this execution's CPU time passes the limit."""
         limit = self.ex._config.limits.cpu_time
-        while state.group.usage().cpu_time - before.cpu_time <= limit:  # noqa: ASYNC110
-            await asyncio.sleep(_CPU_WATCH_INTERVAL)  # the kernel signals nothing at a count
+        while True:  # the kernel signals nothing at a count: poll
+            await asyncio.sleep(_CPU_WATCH_INTERVAL)
+            if state.group.cpu_time() - before > limit:
+                break
         self.cpu_exceeded = True
         await state.launched.process.kill()
 

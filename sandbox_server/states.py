@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cgroups import RunGroup, Usage
+from .cgroups import RunGroup
 from .errors import Code, RequestError
 from .prestart import Launched
 
@@ -74,7 +74,8 @@ class LiveState:
     keep: frozenset[int]
     """Its supervisors and itself: the processes of the run cgroup that are not the code's."""
     last_used: float = field(default_factory=time.monotonic)
-    executions: int = 0
+    settling: asyncio.Task[None] | None = None
+    """Making sure the interpreter is stopped after its last execution answered."""
 
     @classmethod
     def adopt(cls, key: Key, path: Path, launched: Launched) -> LiveState:
@@ -90,10 +91,13 @@ class LiveState:
     def alive(self) -> bool:
         return self.launched.alive
 
-    def resume(self) -> Usage:
-        """Let it run again; what its run has used so far."""
+    async def resume(self) -> float:
+        """Let it run again (once the last execution's stop has settled); the CPU
+        time its run has used so far."""
+        if self.settling is not None:
+            await self.settling
         self.group.rebase()
-        before = self.group.usage()
+        before = self.group.cpu_time()
         self._signal(signal.SIGCONT)
         return before
 
@@ -101,15 +105,26 @@ class LiveState:
         """SIGINT: KeyboardInterrupt in Python; Node.js stops waiting for the evaluation."""
         self._signal(signal.SIGINT)
 
-    async def suspend(self) -> None:
-        """Stop the interpreter (every thread), then kill the code's other processes."""
+    def suspend(self) -> None:
+        """Stop the interpreter and kill the code's other processes, now; `settling`
+        then waits for every thread to have stopped and kills again whatever a thread
+        forked meanwhile. The execution answers in between: that wait takes a
+        scheduler tick or so, and the next execution waits for it (`resume`)."""
         self._signal(signal.SIGSTOP)
+        self.group.kill_others(self.keep)
+        self.last_used = time.monotonic()
+        self.settling = asyncio.create_task(self._settle(), name=f"settle-state-{self.key[0]}")
+
+    async def _settle(self) -> None:
         deadline = time.monotonic() + _STOP_WAIT
         while not _stopped(self.pid) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.001)  # no event tells when a signal has stopped a thread
-        # With the interpreter stopped, nothing forks new ones meanwhile.
-        self.group.kill_others(self.keep)
-        self.last_used = time.monotonic()
+        # A fork fails while a stop is pending, but another thread may not have
+        # seen it yet: once all have stopped, nothing forks any more.
+        try:
+            self.group.kill_others(self.keep)
+        except OSError:
+            log.exception("could not kill the processes of session %s's last run", self.key[0])
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -117,6 +132,9 @@ class LiveState:
 
     async def end(self) -> None:
         """Kill the interpreter and its run (SIGKILL reaches a stopped process too)."""
+        if self.settling is not None:
+            self.settling.cancel()
+            await asyncio.gather(self.settling, return_exceptions=True)
         try:
             await self.launched.discard()
         finally:

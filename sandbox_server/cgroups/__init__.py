@@ -267,6 +267,10 @@ class RunGroup:
         """SIGKILL every process of the run but `keep`, not waiting for their exits."""
         self._tree.signal_kill_except(f"{self._session}/{self._name}", keep)
 
+    def cpu_time(self) -> float:
+        """Seconds of CPU time the run's processes used since its group was made."""
+        return self._tree.cpu_time(f"{self._session}/{self._name}")
+
     def usage(self) -> Usage:
         """What the run used so far (CPU time since its group was made; OOM kills
         since `rebase`)."""

@@ -50,6 +50,7 @@ class _Replies:
         self._thread = None
         self._closed = None
         self._starts = None  # a live interpreter's next start messages (queue.Queue)
+        self._main_reads = False  # the main thread reads the channel (next_start)
 
     def new_id(self):
         with self._lock:
@@ -60,25 +61,50 @@ class _Replies:
             return call_id
 
     def _ensure_reader(self):
-        if self._thread is None:
+        if self._thread is None and not self._main_reads:
             self._thread = threading.Thread(target=self._read, name="oasis-channel", daemon=True)
             self._thread.start()
 
     def accept_starts(self):
-        """From now on the reader thread owns the channel and queues start messages
-        (a live interpreter's next executions)."""
+        """A live interpreter: start messages of the next executions come on the channel."""
         import queue
 
         with self._lock:
             if self._starts is None:
                 self._starts = queue.Queue()
-            self._ensure_reader()
 
     def next_start(self):
-        start = self._starts.get()
+        """The next start message. The main thread reads the channel itself while no
+        reader thread runs (none does until the code calls a tool): a thread hand-off
+        less per execution. Replies it meets on the way go to their waiting threads."""
+        with self._lock:
+            self._main_reads = self._thread is None
+        if not self._main_reads:
+            start = self._starts.get()
+        else:
+            try:
+                start = None
+                for line in _reader:
+                    message = json.loads(line)
+                    if message.get("type") == "start":
+                        start = message
+                        break
+                    self._deliver(message)
+            finally:
+                with self._lock:
+                    self._main_reads = False
+                    if self._waiting:  # a thread of the code waits for a reply
+                        self._ensure_reader()
         if start is None:
             raise SystemExit(0)  # the channel closed: the state is over
         return start
+
+    def _deliver(self, reply):
+        with self._lock:
+            slot = self._waiting.get(reply.get("id"))
+        if slot is not None:
+            slot[1] = reply
+            slot[0].set()
 
     def wait(self, call_id):
         slot = self._waiting[call_id]
@@ -103,14 +129,10 @@ class _Replies:
         try:
             for line in _reader:
                 reply = json.loads(line)
-                with self._lock:
-                    if reply.get("type") == "start" and self._starts is not None:
-                        self._starts.put(reply)
-                        continue
-                    slot = self._waiting.get(reply.get("id"))
-                if slot is not None:
-                    slot[1] = reply
-                    slot[0].set()
+                if reply.get("type") == "start" and self._starts is not None:
+                    self._starts.put(reply)
+                else:
+                    self._deliver(reply)
         except Exception as exc:
             reason = repr(exc)
         with self._lock:
@@ -344,7 +366,7 @@ def _keep_state(start, main):
     import signal
 
     global _running
-    _replies.accept_starts()  # before the first idle: the next start may follow at once
+    _replies.accept_starts()
     while True:
         signal.signal(signal.SIGINT, _on_interrupt)  # the code may have changed it
         _running = True
