@@ -326,17 +326,18 @@ class Sandbox:
 
 
 def _can_keep_state(cgroups: Cgroups) -> bool:
-    return cgroups.kills_runs
+    return cgroups.kills_runs and cgroups.freezes_runs
 
 
 def _stateful_off_reason(config: Config, cgroups: Cgroups) -> str:
     if not config.stateful:
         return "stateful sessions are turned off on this server (SANDBOX_STATEFUL=0)"
-    if not cgroups.kills_runs:
+    if not (cgroups.kills_runs and cgroups.freezes_runs):
         return (
-            "this host gives a run no cgroup of its own (cgroup v2 with the pids and memory "
-            "controllers, or v1 with cpuacct), which a live interpreter needs to end its "
-            "code's processes with each execution"
+            "this host gives a run no cgroup of its own that can be frozen (cgroup v2 with "
+            "the pids and memory controllers, or v1 with cpuacct and freezer), which a live "
+            "interpreter needs: its code's processes end with each execution, and nothing "
+            "of it runs between them"
         )
     return ""
 

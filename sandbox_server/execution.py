@@ -29,7 +29,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +418,7 @@ class Run:
             launched.claim()
             ex._spare = None  # the run's own from here (until then, Execution._run drops it)
         else:
-            launched = await self._launch()
+            launched = await self._launch(env=ex.spec.env)
         process, group = launched.process, launched.group
         usage: Usage | None = None
         self.channel.attach(launched.pipes)
@@ -465,8 +465,10 @@ class Run:
             return None
         return await self._result(process.returncode, timed_out, finished)
 
-    async def _launch(self, *, cpu_time: float | None = None) -> Launched:
-        """A process for this run, started now."""
+    async def _launch(
+        self, *, env: Mapping[str, str] | None, cpu_time: float | None = None
+    ) -> Launched:
+        """A process for this run, started now (`env`: the request's, for its start too)."""
         ex = self.ex
         assert ex._lease is not None
         return await launch(
@@ -474,7 +476,7 @@ class Run:
             launcher=ex._launcher,
             workspaces=ex._workspaces,
             workspace=ex._lease,
-            env=ex.spec.env,
+            env=env,
             cpu_time=cpu_time,
         )
 

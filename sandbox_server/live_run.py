@@ -66,7 +66,15 @@ class LiveRun(Run):
                     f"earlier state is gone ({self.lost})\n"
                 )
             if state is None:
-                state = self.state = await self._new_state(deadline)
+                try:
+                    state = self.state = await self._new_state(deadline)
+                except _NotStarted as exc:
+                    return Result(
+                        status=exc.status,
+                        exit_code=-1,
+                        error=exc.message,
+                        duration=time.monotonic() - self.started,
+                    )
             else:
                 self.channel.attach(state.launched.pipes)
             before = await state.resume()
@@ -125,17 +133,16 @@ class LiveRun(Run):
         ex = self.ex
         assert ex._lease is not None
         # Not a spare: those have the per-execution RLIMIT_CPU, which would count
-        # the interpreter's whole life. `_watch_cpu` holds each execution to it.
-        launched = await self._launch(cpu_time=_LIVE_CPU_RLIMIT)
+        # the interpreter's whole life (`_watch_cpu` holds each execution to it).
+        # Without the request's env: no code may run before the prelude says it is
+        # ready (NODE_OPTIONS, LD_PRELOAD ...), for what runs then is taken for the
+        # interpreter's own. The env reaches the code with each start message.
+        launched = await self._launch(env=None, cpu_time=_LIVE_CPU_RLIMIT)
         try:
             if launched.group is None:
                 raise RuntimeError("a live interpreter needs a run cgroup")
             self.channel.attach(launched.pipes)
-            ready = await asyncio.wait_for(
-                self.channel.read(), timeout=max(deadline - time.monotonic(), 0.001)
-            )
-            if ready is None or ready.get("type") != "ready":
-                raise RuntimeError(f"the interpreter did not start (it sent {ready!r})")
+            await self._ready(deadline)
             launched.claim()
             state = LiveState.adopt(self.key, ex._lease.path, launched)
             self.states.add(state)
@@ -144,6 +151,40 @@ class LiveRun(Run):
             await launched.discard()
             raise
         return state
+
+    async def _ready(self, deadline: float) -> None:
+        """Until the new interpreter's prelude says it is ready; _NotStarted if it does
+        not, or the execution is stopped or times out first."""
+        ex = self.ex
+        name = ex.execution_id
+        reading = asyncio.create_task(self.channel.read(), name=f"ready-{name}")
+        stopping = asyncio.create_task(ex._stop.wait(), name=f"stop-{name}")
+        try:
+            await asyncio.wait(
+                {reading, stopping},
+                timeout=max(deadline - time.monotonic(), 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in (reading, stopping):
+                task.cancel()
+            await asyncio.gather(reading, stopping, return_exceptions=True)
+        if reading.done() and not reading.cancelled():
+            try:
+                message = reading.result()
+            except (ValueError, RecursionError) as exc:
+                message = {"error": str(exc)}
+            if message is not None and message.get("type") == "ready":
+                return
+            raise _NotStarted(Status.ERROR, f"the interpreter did not start (it sent {message!r})")
+        if ex._stop_status is not None:
+            raise _NotStarted(ex._stop_status, ex._stop_error)
+        if ex._abort is not None:
+            raise _NotStarted(Status.ERROR, ex._abort.message)
+        raise _NotStarted(
+            Status.TIMEOUT,
+            f"execution timed out after {seconds_text(ex.timeout)} s while its interpreter started",
+        )
 
     timed_out = False
     stopped = False
@@ -174,10 +215,21 @@ class LiveRun(Run):
                 return _exit_reason(await process.wait())
             # A timeout or a stop: interrupt, and keep the state if the code stops in time.
             self.timed_out, self.stopped = end == "timeout", end == "stop"
-            state.interrupt()
-            end = await self._until(process, time.monotonic() + _INTERRUPT_GRACE)
+            # Sent again until the code stops: one that came before the prelude had
+            # read its start message is dropped (it may be a late one of the last
+            # execution); the prelude raises only one KeyboardInterrupt per execution.
+            grace_end = time.monotonic() + _INTERRUPT_GRACE
+            while end == "timeout" or end == "stop":
+                state.interrupt()
+                end = await self._until(
+                    process, min(time.monotonic() + _INTERRUPT_EVERY, grace_end)
+                )
+                if time.monotonic() >= grace_end:
+                    break
             if end == "idle":
                 return None
+            if end == "exit":
+                return _exit_reason(await process.wait())
             return (
                 f"it did not stop within {seconds_text(_INTERRUPT_GRACE)} s of the interrupt "
                 "(KeyboardInterrupt in Python), so it was killed"
@@ -247,10 +299,19 @@ class LiveRun(Run):
         )
 
 
+class _NotStarted(Exception):
+    """A new live interpreter did not get ready: the execution ends with this status."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
 _LIVE_CPU_RLIMIT = 10**8
 """A live interpreter's RLIMIT_CPU (seconds): its whole life, so in effect none."""
 _CPU_WATCH_INTERVAL = 0.1
 _INTERRUPT_GRACE = 2.0
+_INTERRUPT_EVERY = 0.25
 """Seconds interrupted code of a live interpreter gets to stop before it is killed."""
 _DRAIN_ROUNDS = 500
 

@@ -4,9 +4,8 @@ keep_state executions, so that variables, imports and open objects persist.
 A live interpreter is an ordinary run's process (same uid, namespaces,
 seccomp, rlimits and session cgroup) whose prelude, told `keep_state`, waits
 for the next start message instead of exiting. Between executions nothing of
-it runs: the interpreter is stopped (SIGSTOP; the code's own processes cannot
-send it SIGCONT, since they are killed), and every other process of its run
-cgroup is killed when an execution ends. Which processes are the
+it runs: its run cgroup is frozen, and every other process of that cgroup
+(the code's children) is killed when an execution ends. Which processes are the
 interpreter's own (its supervisors and itself) is read from the run cgroup
 once, when the prelude says it is ready and before any code has run.
 
@@ -43,8 +42,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 """(session id, runtime name)"""
 
-_STOP_WAIT = 0.1
-"""Seconds to wait for every thread of a stopped interpreter to stop."""
+_OWN_PROCESSES = 3
+"""oasis-init, the pid namespace's init and the interpreter (or a box's two and a warm child)."""
+_SETTLE_WAIT = 1.0
+"""Seconds to wait for the code's killed processes to exit and the run to freeze."""
 _REMEMBERED_LOSSES = 10_000
 
 
@@ -83,6 +84,8 @@ class LiveState:
         in it yet): what its run cgroup holds now is the interpreter's own."""
         assert launched.group is not None
         keep = frozenset(launched.group.procs())
+        if len(keep) > _OWN_PROCESSES:
+            raise OSError(f"the new interpreter's run holds {len(keep)} processes, not its own")
         pid = _interpreter(launched.process.pid, keep)
         pidfd = os.pidfd_open(pid)
         return cls(key, path, launched, launched.group, pidfd, pid, keep)
@@ -92,12 +95,13 @@ class LiveState:
         return self.launched.alive
 
     async def resume(self) -> float:
-        """Let it run again (once the last execution's stop has settled); the CPU
+        """Let it run again (once the last execution's freeze has settled); the CPU
         time its run has used so far."""
         if self.settling is not None:
             await self.settling
         self.group.rebase()
         before = self.group.cpu_time()
+        self.group.thaw()
         self._signal(signal.SIGCONT)
         return before
 
@@ -107,34 +111,45 @@ class LiveState:
 
     def suspend(self) -> None:
         """Stop the interpreter and kill the code's other processes, now; `settling`
-        then waits for every thread to have stopped and kills again whatever a thread
-        forked meanwhile. The execution answers in between: that wait takes a
-        scheduler tick or so, and the next execution waits for it (`resume`)."""
+        then freezes the run once they are gone. The execution answers in between;
+        the next one waits for it (`resume`).
+
+        SIGSTOP first: a process with a stop pending cannot fork. The freezer
+        then holds it: a stopped process is woken by a SIGCONT the code can arrange
+        for itself (a child's exit signal, a timer), a frozen one is not. The
+        killed processes are let die first: one frozen with SIGKILL pending
+        lingers until the thaw (cgroup v1)."""
         self._signal(signal.SIGSTOP)
         self.group.kill_others(self.keep)
         self.last_used = time.monotonic()
         self.settling = asyncio.create_task(self._settle(), name=f"settle-state-{self.key[0]}")
 
     async def _settle(self) -> None:
-        deadline = time.monotonic() + _STOP_WAIT
-        while not _stopped(self.pid) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)  # no event tells when a signal has stopped a thread
-        # A fork fails while a stop is pending, but another thread may not have
-        # seen it yet: once all have stopped, nothing forks any more.
         try:
+            deadline = time.monotonic() + _SETTLE_WAIT
+            while self.group.procs() - self.keep and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)  # killed processes leave the cgroup as they exit
+            self.group.freeze()
+            while not self.group.frozen and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+            # Anything forked by a thread that had not stopped yet (it dies at the thaw).
             self.group.kill_others(self.keep)
         except OSError:
-            log.exception("could not kill the processes of session %s's last run", self.key[0])
+            log.exception("could not settle the live interpreter of session %s", self.key[0])
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self.pidfd, sig)
 
     async def end(self) -> None:
-        """Kill the interpreter and its run (SIGKILL reaches a stopped process too)."""
+        """Kill the interpreter and its run. A frozen process dies of SIGKILL only once
+        thawed (cgroup v1): it is thawed with the signal pending, so it runs no more code."""
         if self.settling is not None:
             self.settling.cancel()
             await asyncio.gather(self.settling, return_exceptions=True)
+        self._signal(signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.group.thaw()
         try:
             await self.launched.discard()
         finally:
@@ -157,6 +172,7 @@ class LiveStates:
         self._lost: OrderedDict[Key, str] = OrderedDict()
         self._ending: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
 
     def open(self) -> None:
         if self.enabled:
@@ -201,6 +217,8 @@ class LiveStates:
 
     def add(self, state: LiveState) -> None:
         """Register a new live state, ending the least recently used beyond the cap."""
+        if self._closed:
+            raise RequestError(Code.UNAVAILABLE, "the sandbox server is shutting down")
         while len(self._states) >= self._max:
             victim = next((k for k in self._states if k not in self._busy), None)
             if victim is None:
@@ -238,8 +256,11 @@ class LiveStates:
                     f"session {session_id!r} is busy: execution {self._busy[key]!r} runs in its "
                     "live interpreter; reset it after the execution ends",
                 )
-        ended = [await self.end(key, "it was reset (ResetState)") for key in keys]
-        return any(ended)
+        # Forgotten before any await: an execution starting meanwhile makes a new one.
+        states = [self._forget(key, "it was reset (ResetState)") for key in keys]
+        for state in states:
+            await state.end()
+        return bool(states)
 
     async def release_workspace(self, path: Path) -> None:
         """The workspace at `path` goes away: its states end first."""
@@ -248,6 +269,7 @@ class LiveStates:
             await self.end(key, "the session's workspace was removed (deleted or expired)")
 
     async def close(self) -> None:
+        self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -309,16 +331,3 @@ def _stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat", "rb") as stat:
         text = stat.read().decode()
     return text[text.rindex(")") + 2 :].split()
-
-
-def _stopped(pid: int) -> bool:
-    """Whether every thread of the process is stopped."""
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/stat", "rb") as stat:
-                text = stat.read().decode()
-            if text[text.rindex(")") + 2] not in "Tt":
-                return False
-    except (OSError, ValueError):
-        return True  # gone: nothing of it runs
-    return True

@@ -29,7 +29,13 @@ BLOCKS = [text for language, text in FENCED if language == "python"]
 SHELL = [text for language, text in FENCED if language == "sh"]
 DEFAULT_TARGET = "127.0.0.1:50051"
 TESTED = {
-    "python": ("tool_dispatcher({", "HTTPRunner(", "LLMAgent(", "SyncGrpcRunner(", "keep_state=True"),
+    "python": (
+        "tool_dispatcher({",
+        "HTTPRunner(",
+        "LLMAgent(",
+        "SyncGrpcRunner(",
+        "keep_state=True",
+    ),
     "sh": ("oasis-sandbox exec", "make "),
 }
 """What the tests below look for in each block: a block matching none is untested."""

@@ -142,6 +142,11 @@ class Cgroups:
         return self._tree is not None and self._tree.kills_runs
 
     @property
+    def freezes_runs(self) -> bool:
+        """Whether a run's group can be frozen on its own."""
+        return self._tree is not None and self._tree.can_freeze_runs
+
+    @property
     def folders(self) -> tuple[Path, ...]:
         """This server's group in each hierarchy; empty without cgroups."""
         if self._tree is None:
@@ -262,6 +267,18 @@ class RunGroup:
     def procs(self) -> set[int]:
         """The run's processes now (on the loop: one small cgroupfs read)."""
         return self._tree.run_procs(f"{self._session}/{self._name}")
+
+    def freeze(self) -> None:
+        """Start freezing the run's processes (signals cannot wake them, unlike a
+        SIGSTOP); `frozen` tells when every one is."""
+        self._tree.request_frozen(f"{self._session}/{self._name}", True)
+
+    @property
+    def frozen(self) -> bool:
+        return self._tree.is_frozen(f"{self._session}/{self._name}")
+
+    def thaw(self) -> None:
+        self._tree.request_frozen(f"{self._session}/{self._name}", False)
 
     def kill_others(self, keep: frozenset[int]) -> None:
         """SIGKILL every process of the run but `keep`, not waiting for their exits."""

@@ -208,6 +208,17 @@ class Tree:
         raise NotImplementedError
 
     def set_frozen(self, rel: str, frozen: bool) -> None:
+        """Freeze or thaw a group (and all below it), and wait until it is done."""
+        raise NotImplementedError
+
+    can_freeze_runs = False
+    """Whether a run's group can be frozen on its own (request_frozen)."""
+
+    def request_frozen(self, rel: str, frozen: bool) -> None:
+        """Start freezing or thawing a group; `is_frozen` tells when it is done."""
+        raise NotImplementedError
+
+    def is_frozen(self, rel: str) -> bool:
         raise NotImplementedError
 
     def run_folder(self, rel: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class V1Tree(Tree):
         self._session_roots = tuple(root for root in self.roots if root != cpu)
         # A run has a group of its own only in cpuacct (make_run); the others are the session's.
         self.kills_runs = cpu is not None
+        self.can_freeze_runs = "freezer" in self.bases
 
     def make_server(self, rel: str) -> None:
         for root in self.roots:
@@ -58,12 +60,18 @@ class V1Tree(Tree):
         return tuple(root / rel for root in self._session_roots)
 
     def make_run(self, session: str, run: str) -> tuple[tuple[str, ...], int]:
-        folders = [str(folder) for folder in self.session_folders(session)]
-        cpu = self.bases.get("cpuacct")
-        if cpu is not None:
-            (cpu / own(session) / run).mkdir()
-            folders.append(str(cpu / session / run))
+        # A run's own group: in cpuacct (its CPU time, its processes) and in the
+        # freezer (a live interpreter is frozen between executions).
+        own_roots = self._run_roots()
+        folders = [str(root / session) for root in self.roots if root not in own_roots]
+        for root in own_roots:
+            (root / own(session) / run).mkdir()
+            folders.append(str(root / session / run))
         return tuple(folders), self.oom_kills(session)
+
+    def _run_roots(self) -> tuple[Path, ...]:
+        found = (self.bases.get("cpuacct"), self.bases.get("freezer"))
+        return tuple(dict.fromkeys(root for root in found if root is not None))
 
     def oom_kills(self, session: str) -> int:
         text = read(self.bases["memory"] / session / "memory.oom_control")
@@ -90,16 +98,28 @@ class V1Tree(Tree):
         return cpu / own(rel)
 
     def _thaw_quietly(self, rel: str) -> None:
+        """Thaw the group and every group below it (a live interpreter's run is frozen
+        on its own, which thawing its parent does not undo)."""
         freezer = self.bases.get("freezer")
         if freezer is not None:
-            with contextlib.suppress(FileNotFoundError):
-                write(freezer / rel / "freezer.state", "THAWED")
+            for folder, _, _ in os.walk(freezer / own(rel)):
+                with contextlib.suppress(FileNotFoundError):
+                    write(Path(folder) / "freezer.state", "THAWED")
 
     def set_frozen(self, rel: str, frozen: bool) -> None:
+        self.request_frozen(rel, frozen)
+        wait_for(
+            lambda: self.is_frozen(rel) is frozen, f"{'freezing' if frozen else 'thawing'} {rel}"
+        )
+
+    def request_frozen(self, rel: str, frozen: bool) -> None:
+        write(self._freezer_state(rel), "FROZEN" if frozen else "THAWED")
+
+    def is_frozen(self, rel: str) -> bool:
+        return read(self._freezer_state(rel)).strip() == "FROZEN"
+
+    def _freezer_state(self, rel: str) -> Path:
         freezer = self.bases.get("freezer")
         if freezer is None:
             raise CgroupError(errno.ENOTSUP, "the freezer cgroup hierarchy is not mounted here")
-        state = freezer / own(rel) / "freezer.state"
-        want = "FROZEN" if frozen else "THAWED"
-        write(state, want)
-        wait_for(lambda: read(state).strip() == want, f"{want.lower()} {rel}")
+        return freezer / own(rel) / "freezer.state"

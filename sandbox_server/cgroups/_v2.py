@@ -137,9 +137,15 @@ class V2Tree(Tree):
         return self.base / own(rel)
 
     def set_frozen(self, rel: str, frozen: bool) -> None:
-        folder = self.base / own(rel)
-        write(folder / "cgroup.freeze", "1" if frozen else "0")
+        self.request_frozen(rel, frozen)
         wait_for(
-            lambda: keyed(read(folder / "cgroup.events")).get("frozen", 0) == int(frozen),
-            f"{'freezing' if frozen else 'thawing'} {rel}",
+            lambda: self.is_frozen(rel) is frozen, f"{'freezing' if frozen else 'thawing'} {rel}"
         )
+
+    can_freeze_runs = True
+
+    def request_frozen(self, rel: str, frozen: bool) -> None:
+        write(self.base / own(rel) / "cgroup.freeze", "1" if frozen else "0")
+
+    def is_frozen(self, rel: str) -> bool:
+        return bool(keyed(read(self.base / own(rel) / "cgroup.events")).get("frozen", 0))

@@ -65,6 +65,7 @@ async def test_reflection_describes_the_contract(channel: grpc.aio.Channel) -> N
     methods = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in service.methods}
     assert methods == {
         "Execute": ("oasis.sandbox.v1.ExecuteRequest", "oasis.sandbox.v1.ExecuteResponse"),
+        "ResetState": ("oasis.sandbox.v1.ResetStateRequest", "oasis.sandbox.v1.ResetStateResponse"),
         "DeleteWorkspace": (
             "oasis.sandbox.v1.DeleteWorkspaceRequest",
             "oasis.sandbox.v1.DeleteWorkspaceResponse",

@@ -8,6 +8,7 @@ theirs too.
 from __future__ import annotations
 
 import asyncio
+import platform
 
 import grpc
 import pytest
@@ -173,6 +174,56 @@ async def test_a_background_thread_does_not_run_between_executions(
     second = (await run(client, "set_result(count[0])")).output
     # A few ticks at most while each short execution itself runs, never a second's worth.
     assert first > 0 and second - first < 100, (first, second)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="raw clone(2) by its x86-64 number")
+async def test_a_sigcont_the_code_arranges_does_not_wake_the_interpreter(
+    client: SandboxClient,
+) -> None:
+    # A child whose exit signal is SIGCONT, killed as its execution ends, would
+    # wake an interpreter that was only stopped: the freezer is not a signal.
+    await run(
+        client,
+        "import ctypes, os, signal, threading, time\ncount = [0]\n"
+        "def spin():\n    while True:\n        count[0] += 1\n        time.sleep(0.001)\n"
+        "threading.Thread(target=spin, daemon=True).start()\n"
+        "pid = ctypes.PyDLL(None).syscall(56, signal.SIGCONT, 0, 0, 0, 0)  # clone\n"
+        "if pid == 0:\n    time.sleep(600)\n    os._exit(0)\n"
+        "time.sleep(0.1)",
+    )
+    first = (await run(client, "set_result(count[0])")).output
+    await asyncio.sleep(1.0)
+    second = (await run(client, "set_result(count[0])")).output
+    assert second - first < 100, (first, second)
+
+
+async def test_the_request_env_does_not_run_code_before_the_interpreter_is_ready(
+    client: SandboxClient,
+) -> None:
+    marker = new_marker()
+    early = f"require('child_process').spawn('sleep', ['300', '{marker}'], {{detached: true, stdio: 'ignore'}}).unref();"
+    outcome = await run(
+        client,
+        "setResult(process.env.NODE_OPTIONS);",
+        runtime="node",
+        env={"NODE_OPTIONS": "--require ./early.js"},
+        files=[pb.File(name="early.js", data=early.encode())],
+    )
+    # The code sees its env; the interpreter did not start with it.
+    assert outcome.output == "--require ./early.js", outcome.result.error
+    assert not pids_with(marker)
+
+
+async def test_a_cancel_right_after_the_start_still_interrupts(stub, client: SandboxClient) -> None:
+    await run(client, "kept = 1")
+    execution = await RawExecution.begin(
+        stub, start_message("import time\ntime.sleep(30)", session_id="s", keep_state=True)
+    )
+    await execution.send(pb.ExecuteRequest(cancel=pb.CancelExecution()))
+    result = await execution.result()
+    assert pb.ExecutionResult.Status.Name(result.status) == "CANCELLED"
+    assert result.state_kept, result.error
+    assert (await run(client, "set_result(kept)")).output == 1
 
 
 @pytest.mark.parametrize("runtime", ["python", "node"])

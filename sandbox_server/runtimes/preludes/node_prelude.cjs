@@ -165,6 +165,9 @@ process.emit = function (event, ...args) {
 
 process.on('uncaughtException', reportError);
 process.on('unhandledRejection', reportError);
+// The server's interrupt of a live interpreter (sent again until the code stops:
+// one that comes before an evaluation runs does nothing). Nothing else sends it.
+process.on('SIGINT', interrupt);
 send({ type: 'ready' });
 
 socket.unref();
@@ -242,7 +245,6 @@ async function runLive(start) {
     socket.ref(); // the next start message keeps the process alive
     inspectorSession = new (require('inspector').Session)();
     inspectorSession.connect();
-    process.on('SIGINT', interrupt);
   }
   Object.assign(process.env, start.env);
   Object.assign(globalThis, {

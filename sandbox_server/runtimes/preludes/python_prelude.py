@@ -20,6 +20,7 @@ import threading
 _reader = None  # the channel, opened by main()
 _out = -1
 _send_lock = threading.Lock()
+_MAIN_THREAD = threading.get_ident()
 
 
 def _open_channel(in_fd, out_fd):
@@ -33,11 +34,20 @@ def _open_channel(in_fd, out_fd):
 
 
 def _send(message):
+    global _main_sending, _interrupt_deferred
     line = (json.dumps(message, default=_json_default, separators=(",", ":")) + "\n").encode()
+    main = threading.get_ident() == _MAIN_THREAD
     with _send_lock:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(_out, view) :]
+        _main_sending = main
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(_out, view) :]
+        finally:
+            _main_sending = False
+    if main and _interrupt_deferred:  # held back: half a line would break the channel
+        _interrupt_deferred = False
+        _raise_interrupt()
 
 
 class _Replies:
@@ -334,9 +344,13 @@ def _execute(source, main):
 
 
 def _run():
+    import signal
+
     # Before the start message: a process may be started ahead of its request.
     _matplotlib_config()
     _warm_up()
+    # Before "ready": a live interpreter's first interrupt may come at once.
+    signal.signal(signal.SIGINT, _on_interrupt)
     _send({"type": "ready"})
     start = json.loads(_reader.readline())
     _begin(start)
@@ -344,6 +358,7 @@ def _run():
     main = _new_main()
     if start.get("keep_state"):
         _keep_state(start, main)  # never returns: the interpreter ends by a kill
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return _execute(start["code"], main)[0]
 
 
@@ -351,12 +366,28 @@ def _run():
 
 _running = False
 """An execution's code runs: the server's SIGINT (timeout, cancel) interrupts it."""
+_interrupt_raised = False
+_interrupt_deferred = False
+_main_sending = False
 
 
 def _on_interrupt(signum, frame):
-    # A SIGINT racing with the end of the code must not break this prelude.
-    if _running:
-        raise KeyboardInterrupt
+    # The server sends SIGINT again until the code stops: one KeyboardInterrupt per
+    # execution, none outside the code (a late one of the last execution) and none
+    # in the middle of a channel message.
+    global _interrupt_deferred
+    if not _running or _interrupt_raised:
+        return
+    if _main_sending:
+        _interrupt_deferred = True
+        return
+    _raise_interrupt()
+
+
+def _raise_interrupt():
+    global _interrupt_raised
+    _interrupt_raised = True
+    raise KeyboardInterrupt
 
 
 def _keep_state(start, main):
@@ -365,10 +396,11 @@ def _keep_state(start, main):
     import contextlib
     import signal
 
-    global _running
+    global _running, _interrupt_raised, _interrupt_deferred
     _replies.accept_starts()
     while True:
         signal.signal(signal.SIGINT, _on_interrupt)  # the code may have changed it
+        _interrupt_raised = _interrupt_deferred = False
         _running = True
         try:
             code, interrupted = _execute(start["code"], main)
