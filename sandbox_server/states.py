@@ -45,7 +45,7 @@ Key = tuple[str, str]
 _OWN_PROCESSES = 3
 """oasis-init, the pid namespace's init and the interpreter (or a box's two and a warm child)."""
 _SETTLE_WAIT = 1.0
-"""Seconds to wait for the code's killed processes to exit and the run to freeze."""
+"""Seconds to wait for the code's killed processes to exit before the run is frozen."""
 _REMEMBERED_LOSSES = 10_000
 
 
@@ -129,9 +129,9 @@ class LiveState:
             deadline = time.monotonic() + _SETTLE_WAIT
             while self.group.procs() - self.keep and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)  # killed processes leave the cgroup as they exit
+            # Not waited for: a task caught mid-stop may stay "freezing" until it next
+            # wakes (seen: a second of v1 FREEZING), and freezes then, before it runs.
             self.group.freeze()
-            while not self.group.frozen and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.001)
             # Anything forked by a thread that had not stopped yet (it dies at the thaw).
             self.group.kill_others(self.keep)
         except OSError:

@@ -269,13 +269,9 @@ class RunGroup:
         return self._tree.run_procs(f"{self._session}/{self._name}")
 
     def freeze(self) -> None:
-        """Start freezing the run's processes (signals cannot wake them, unlike a
-        SIGSTOP); `frozen` tells when every one is."""
+        """Freeze the run's processes (signals cannot wake them, unlike a SIGSTOP):
+        each one freezes before it next runs."""
         self._tree.request_frozen(f"{self._session}/{self._name}", True)
-
-    @property
-    def frozen(self) -> bool:
-        return self._tree.is_frozen(f"{self._session}/{self._name}")
 
     def thaw(self) -> None:
         self._tree.request_frozen(f"{self._session}/{self._name}", False)
